@@ -1,0 +1,28 @@
+// CPU kernels: the fused recurrent loops of one layer and direction (see ../lstm.h for the params).
+//
+// The caller has already run the input projection (params.gates holds x W_ih^T + b_ih + b_hh).
+// Each function packs the recurrent weights once per call, then owns the whole timestep loop:
+// num_threads threads split the hidden units (each thread computes all four gates of its units,
+// so the cell update needs no exchange) and meet at one barrier per step (two with a projection).
+// The implementation is compiled once per instruction set (AVX-512, AVX2, baseline) and the
+// widest the running CPU supports is picked at run time.
+#pragma once
+
+#include "lstm.h"
+
+namespace lstm_fused {
+namespace cpu {
+
+template <typename scalar_t, typename acc_t>
+void lstm_forward(const ForwardParams<scalar_t, acc_t>& params);
+
+// Writes dgates, h_prev (and dh_out, h_pre with a projection), dh0 and dc0; the weight and input
+// gradients are GEMMs over those buffers that the caller runs after this returns.
+template <typename scalar_t, typename acc_t>
+void lstm_backward(const BackwardParams<scalar_t, acc_t>& params);
+
+// "avx512", "avx2" or "baseline": the code path lstm_forward/lstm_backward take on this CPU.
+const char* isa_name();
+
+}  // namespace cpu
+}  // namespace lstm_fused

@@ -1,0 +1,380 @@
+// The CPU recurrent loops, written once and compiled once per instruction set: each
+// lstm_cpu_<isa>.cpp defines LSTM_ISA (the namespace) and LSTM_VEC_BYTES (vector register width),
+// sets `#pragma GCC target`, and includes this file. Plain C++ loops over fixed-size register
+// tiles that the compiler vectorizes for that target; no intrinsics, so one source serves all.
+//
+// Only to be included by lstm_cpu_<isa>.cpp, after the standard headers below (they must not be
+// compiled under the target pragma).
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cpu/lstm_cpu.h"
+
+namespace lstm_fused {
+namespace cpu {
+namespace LSTM_ISA {
+
+// Conversions and activations. They live in this namespace (not in a shared header) so that each
+// instruction set gets its own copy: one inline function compiled for two targets would break ODR
+// and the linker could hand the AVX-512 copy to the baseline path.
+inline float to_acc(float v) { return v; }
+inline double to_acc(double v) { return v; }
+inline float to_acc(bf16_t v) {
+  const uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+template <typename scalar_t> scalar_t from_acc(float v);
+template <typename scalar_t> scalar_t from_acc(double v);
+template <> inline float from_acc<float>(float v) { return v; }
+template <> inline double from_acc<double>(double v) { return v; }
+template <> inline bf16_t from_acc<bf16_t>(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16_t{static_cast<uint16_t>((u >> 16) | 0x40u)};
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  return bf16_t{static_cast<uint16_t>(u >> 16)};
+}
+
+// exp for float in plain arithmetic so that it vectorizes (libm's does not without -ffast-math):
+// Cody-Waite range reduction and a degree-6 polynomial, about 1 ulp; NaN stays NaN.
+inline float exp_(float x) {
+  x = x < -87.33654f ? -87.33654f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float q = 1.9875691500e-4f;
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  const float e = q * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return e * scale;
+}
+inline double exp_(double x) { return std::exp(x); }
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp_(-x)); }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+inline float tanh_(float x) {
+  const float e = exp_(-2.0f * std::fabs(x));
+  return std::copysign((1.0f - e) / (1.0f + e), x);
+}
+inline double tanh_(double x) { return std::tanh(x); }
+
+// U: acc_t lanes of one vector register; hidden units are packed in blocks of U.
+// MR: batch rows of one register tile; NR = 4U columns (the four gates of one unit block).
+template <typename acc_t>
+struct Tiling {
+  static constexpr int U = LSTM_VEC_BYTES / sizeof(acc_t);
+  static constexpr int MR = LSTM_VEC_BYTES >= 64 ? 4 : 2;
+  static constexpr int NR = 4 * U;
+};
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Splits [0, n) into nt nearly equal contiguous parts and returns part tid as [*begin, *end).
+inline void split_range(int64_t n, int tid, int nt, int64_t* begin, int64_t* end) {
+  *begin = n * tid / nt;
+  *end = n * (tid + 1) / nt;
+}
+
+// acc[r][0:NCOL] += sum_k a[r][k] * b[k][0:NCOL] for r < MR. Rows of A come as pointers so the
+// caller can map tile rows onto any rows (a partial tile repeats its last row; those results are
+// dropped). b is packed with row stride ldb.
+template <int MR, int NCOL, typename acc_t>
+inline void mac_tile(int64_t K, const acc_t* const (&a)[MR], const acc_t* b, int64_t ldb,
+                     acc_t (&acc)[MR][NCOL]) {
+  for (int64_t k = 0; k < K; ++k) {
+    const acc_t* brow = b + k * ldb;
+    for (int r = 0; r < MR; ++r) {
+      const acc_t av = a[r][k];
+#pragma omp simd
+      for (int c = 0; c < NCOL; ++c) acc[r][c] += av * brow[c];
+    }
+  }
+}
+
+// Row index helpers for the packed/dense row layout of lstm.h.
+struct Steps {
+  std::vector<int64_t> off;  // off[t]: first row of step t; off[T] = N
+  const int64_t* batch_sizes;
+  int64_t T, B;
+  Steps(const int64_t* bs, int64_t T_, int64_t B_) : off(T_ + 1), batch_sizes(bs), T(T_), B(B_) {
+    off[0] = 0;
+    for (int64_t t = 0; t < T; ++t) off[t + 1] = off[t] + rows(t);
+  }
+  int64_t rows(int64_t t) const { return step_rows(batch_sizes, B, t); }
+  // The step a row's state came from, in the order the forward ran; -1: from h0/c0.
+  int64_t prev(int64_t t, int64_t b, bool reverse) const {
+    if (!reverse) return t > 0 ? t - 1 : -1;
+    return (t + 1 < T && b < rows(t + 1)) ? t + 1 : -1;
+  }
+  // Whether step t is the last one the forward runs for sequence b.
+  bool last(int64_t t, int64_t b, bool reverse) const {
+    if (reverse) return t == 0;
+    return t + 1 == T || b >= rows(t + 1);
+  }
+};
+
+// The cell update of one row of a gate tile: acc holds the pre-activations of U units (i, f, g, o
+// blocks of U). Writes c to the state, h to h_out (stride 1), and the saved activations.
+template <typename scalar_t, typename acc_t>
+inline void cell_update(const acc_t* acc, int nu, acc_t* c_state, acc_t* h_out, acc_t* gates_row,
+                        int64_t H, acc_t* cells_row) {
+  constexpr int U = Tiling<acc_t>::U;
+  acc_t iv[U], fv[U], gv[U], ov[U], cv[U];
+#pragma omp simd
+  for (int u = 0; u < U; ++u) {
+    iv[u] = sigmoid(acc[u]);
+    fv[u] = sigmoid(acc[U + u]);
+    gv[u] = tanh_(acc[2 * U + u]);
+    ov[u] = sigmoid(acc[3 * U + u]);
+  }
+  // Lanes past nu are padding: their pre-activations and cell state are zero and stay finite.
+#pragma omp simd
+  for (int u = 0; u < U; ++u) {
+    cv[u] = fv[u] * c_state[u] + iv[u] * gv[u];
+    c_state[u] = cv[u];
+    h_out[u] = ov[u] * tanh_(cv[u]);
+  }
+  if (gates_row) {
+    for (int u = 0; u < nu; ++u) {
+      gates_row[u] = iv[u];
+      gates_row[H + u] = fv[u];
+      gates_row[2 * H + u] = gv[u];
+      gates_row[3 * H + u] = ov[u];
+      cells_row[u] = cv[u];
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void forward(const ForwardParams<scalar_t, acc_t>& p) {
+  using Tl = Tiling<acc_t>;
+  constexpr int U = Tl::U, MR = Tl::MR, NR = Tl::NR;
+  const int64_t T = p.T, B = p.B, H = p.H, P = p.P, G = 4 * H;
+  const int64_t Hp = round_up(H, U), Pp = round_up(P, U);
+  const int64_t nblk = Hp / U;
+  const bool proj = p.w_hr != nullptr;
+  const Steps steps(p.batch_sizes, T, B);
+
+  // W_hh^T with the four gates of each block of U units side by side: wp[k][blk][gate][u].
+  std::vector<acc_t> wp(P * 4 * Hp, acc_t(0));
+  for (int64_t g = 0; g < 4; ++g)
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t* wrow = p.w_hh + (g * H + j) * P;
+      const int64_t col = (j / U) * NR + g * U + j % U;
+      for (int64_t k = 0; k < P; ++k) wp[k * 4 * Hp + col] = to_acc(wrow[k]);
+    }
+  // W_hr^T: wr[k][c] = w_hr[c][k], k < H, c < P (padded to Pp).
+  std::vector<acc_t> wr(proj ? H * Pp : 0, acc_t(0));
+  if (proj)
+    for (int64_t c = 0; c < P; ++c)
+      for (int64_t k = 0; k < H; ++k) wr[k * Pp + c] = to_acc(p.w_hr[c * H + k]);
+
+  // h is double-buffered (every thread reads all of h_{t-1} while writing its part of h_t);
+  // rows not yet started keep h0 in both buffers. c belongs to the thread owning the unit.
+  std::vector<acc_t> hbuf(2 * B * P), cst(B * Hp, acc_t(0)), hpre(proj ? B * Hp : 0, acc_t(0));
+  for (int64_t i = 0; i < B * P; ++i) hbuf[i] = hbuf[B * P + i] = to_acc(p.h0[i]);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < H; ++j) cst[b * Hp + j] = to_acc(p.c0[b * H + j]);
+  const int64_t first_rows = T > 0 ? steps.rows(0) : 0;
+  for (int64_t i = first_rows * P; i < B * P; ++i) p.h_n[i] = p.h0[i];
+  for (int64_t i = first_rows * H; i < B * H; ++i) p.c_n[i] = p.c0[i];
+
+  const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(nblk)));
+#pragma omp parallel num_threads(nt_req)
+  {
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    int64_t ub0, ub1, pb0, pb1;
+    split_range(nblk, tid, nt, &ub0, &ub1);
+    split_range(Pp / U, tid, nt, &pb0, &pb1);
+    acc_t hrow[U];
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = p.reverse ? T - 1 - s : s;
+      const int64_t rows = steps.rows(t), row0 = steps.off[t];
+      const acc_t* hcur = hbuf.data() + (s & 1) * B * P;
+      acc_t* hnext = hbuf.data() + ((s + 1) & 1) * B * P;
+      for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+        const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
+        const acc_t* arows[MR];
+        for (int r = 0; r < MR; ++r) arows[r] = hcur + (r0 + std::min(r, mr - 1)) * P;
+        for (int64_t blk = ub0; blk < ub1; ++blk) {
+          const int64_t j0 = blk * U;
+          const int nu = static_cast<int>(std::min<int64_t>(U, H - j0));
+          acc_t acc[MR][NR];
+          for (int r = 0; r < MR; ++r) {
+            const acc_t* xg = p.gates + (row0 + r0 + std::min(r, mr - 1)) * G + j0;
+            for (int g = 0; g < 4; ++g) {
+              for (int u = 0; u < nu; ++u) acc[r][g * U + u] = xg[g * H + u];
+              for (int u = nu; u < U; ++u) acc[r][g * U + u] = 0;
+            }
+          }
+          mac_tile<MR, NR>(P, arows, wp.data() + blk * NR, 4 * Hp, acc);
+          for (int r = 0; r < mr; ++r) {
+            const int64_t b = r0 + r, row = row0 + b;
+            acc_t* grow = p.save ? p.gates + row * G + j0 : nullptr;
+            acc_t* crow = p.save ? p.cells + row * H + j0 : nullptr;
+            cell_update<scalar_t>(acc[r], nu, cst.data() + b * Hp + j0, hrow, grow, H, crow);
+            const bool last = steps.last(t, b, p.reverse);
+            for (int u = 0; u < nu; ++u) {
+              if (proj) {
+                hpre[b * Hp + j0 + u] = hrow[u];
+              } else {
+                hnext[b * P + j0 + u] = hrow[u];
+                p.y[row * P + j0 + u] = from_acc<scalar_t>(hrow[u]);
+                if (last) p.h_n[b * P + j0 + u] = from_acc<scalar_t>(hrow[u]);
+              }
+              if (last) p.c_n[b * H + j0 + u] = from_acc<scalar_t>(cst[b * Hp + j0 + u]);
+            }
+          }
+        }
+      }
+      if (proj) {
+        // h_t = W_hr (o * tanh(c)): every thread needs all units, so wait for them first.
+#pragma omp barrier
+        for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+          const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
+          const acc_t* arows[MR];
+          for (int r = 0; r < MR; ++r) arows[r] = hpre.data() + (r0 + std::min(r, mr - 1)) * Hp;
+          for (int64_t pb = pb0; pb < pb1; ++pb) {
+            acc_t acc[MR][U] = {};
+            mac_tile<MR, U>(H, arows, wr.data() + pb * U, Pp, acc);
+            const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
+            for (int r = 0; r < mr; ++r) {
+              const int64_t b = r0 + r, row = row0 + b;
+              const bool last = steps.last(t, b, p.reverse);
+              for (int c = 0; c < nc; ++c) {
+                const int64_t col = pb * U + c;
+                hnext[b * P + col] = acc[r][c];
+                p.y[row * P + col] = from_acc<scalar_t>(acc[r][c]);
+                if (last) p.h_n[b * P + col] = from_acc<scalar_t>(acc[r][c]);
+              }
+            }
+          }
+        }
+      }
+      // Rows idle at this step need no copy across the buffers: with the forward direction they
+      // have finished for good, with the reverse one they have not started and hold h0 in both.
+#pragma omp barrier
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void backward(const BackwardParams<scalar_t, acc_t>& p) {
+  using Tl = Tiling<acc_t>;
+  constexpr int U = Tl::U, MR = Tl::MR;
+  const int64_t T = p.T, B = p.B, H = p.H, P = p.P, G = 4 * H;
+  const int64_t Hp = round_up(H, U), Pp = round_up(P, U);
+  const bool proj = p.w_hr != nullptr;
+  const Steps steps(p.batch_sizes, T, B);
+
+  // W_hh as it is ([4H, P]), columns padded to Pp: dh_{t-1} = dgates_t W_hh.
+  std::vector<acc_t> wh(G * Pp, acc_t(0));
+  for (int64_t k = 0; k < G; ++k)
+    for (int64_t c = 0; c < P; ++c) wh[k * Pp + c] = to_acc(p.w_hh[k * P + c]);
+  // W_hr as it is ([P, H]), padded to Hp: d(o*tanh(c)) = dh W_hr.
+  std::vector<acc_t> wr(proj ? P * Hp : 0, acc_t(0));
+  if (proj)
+    for (int64_t k = 0; k < P; ++k)
+      for (int64_t c = 0; c < H; ++c) wr[k * Hp + c] = to_acc(p.w_hr[k * H + c]);
+
+  std::vector<acc_t> dh(B * P), dc(B * H), dht(proj ? B * P : 0), dhp(proj ? B * Hp : 0);
+  for (int64_t i = 0; i < B * P; ++i) dh[i] = to_acc(p.grad_hn[i]);
+  for (int64_t i = 0; i < B * H; ++i) dc[i] = to_acc(p.grad_cn[i]);
+
+  const int64_t nblk = Hp / U;
+  const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(std::max(nblk, Pp / U))));
+#pragma omp parallel num_threads(nt_req)
+  {
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    int64_t ub0, ub1, pb0, pb1;
+    split_range(nblk, tid, nt, &ub0, &ub1);
+    split_range(Pp / U, tid, nt, &pb0, &pb1);
+    const int64_t j_begin = ub0 * U, j_end = std::min(H, ub1 * U);
+    const int64_t p_begin = pb0 * U, p_end = std::min(P, pb1 * U);
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = p.reverse ? s : T - 1 - s;
+      const int64_t rows = steps.rows(t), row0 = steps.off[t];
+      if (proj) {
+        // dL/dh_t in full (the projection mixes every column into every unit).
+        for (int64_t b = 0; b < rows; ++b)
+          for (int64_t c = p_begin; c < p_end; ++c) {
+            const acc_t v = to_acc(p.grad_y[(row0 + b) * P + c]) + dh[b * P + c];
+            dht[b * P + c] = v;
+            p.dh_out[(row0 + b) * P + c] = v;
+          }
+#pragma omp barrier
+        for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+          const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
+          const acc_t* arows[MR];
+          for (int r = 0; r < MR; ++r) arows[r] = dht.data() + (r0 + std::min(r, mr - 1)) * P;
+          for (int64_t blk = ub0; blk < ub1; ++blk) {
+            acc_t acc[MR][U] = {};
+            mac_tile<MR, U>(P, arows, wr.data() + blk * U, Hp, acc);
+            for (int r = 0; r < mr; ++r)
+              for (int u = 0; u < U; ++u) dhp[(r0 + r) * Hp + blk * U + u] = acc[r][u];
+          }
+        }
+      }
+      // The cell backward of this thread's units.
+      for (int64_t b = 0; b < rows; ++b) {
+        const int64_t row = row0 + b, tp = steps.prev(t, b, p.reverse);
+        const acc_t* gr = p.gates + row * G;
+        const acc_t* cr = p.cells + row * H;
+        acc_t* dg = p.dgates + row * G;
+        for (int64_t j = j_begin; j < j_end; ++j) {
+          const acc_t dhv = proj ? dhp[b * Hp + j] : to_acc(p.grad_y[row * P + j]) + dh[b * P + j];
+          const acc_t i = gr[j], f = gr[H + j], g = gr[2 * H + j], o = gr[3 * H + j];
+          const acc_t c = cr[j];
+          const acc_t cp = tp >= 0 ? p.cells[(steps.off[tp] + b) * H + j] : to_acc(p.c0[b * H + j]);
+          const acc_t tc = tanh_(c);
+          if (proj) p.h_pre[row * H + j] = o * tc;
+          const acc_t dct = dc[b * H + j] + dhv * o * (acc_t(1) - tc * tc);
+          dc[b * H + j] = dct * f;
+          dg[j] = dct * g * i * (acc_t(1) - i);
+          dg[H + j] = dct * cp * f * (acc_t(1) - f);
+          dg[2 * H + j] = dct * i * (acc_t(1) - g * g);
+          dg[3 * H + j] = dhv * tc * o * (acc_t(1) - o);
+        }
+      }
+#pragma omp barrier
+      // dh_{t-1} = dgates_t W_hh for this thread's columns; the h each row read, for dW_hh.
+      for (int64_t b = 0; b < rows; ++b) {
+        const int64_t row = row0 + b, tp = steps.prev(t, b, p.reverse);
+        for (int64_t c = p_begin; c < p_end; ++c)
+          p.h_prev[row * P + c] = tp >= 0 ? to_acc(p.y[(steps.off[tp] + b) * P + c]) : to_acc(p.h0[b * P + c]);
+      }
+      for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+        const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
+        const acc_t* arows[MR];
+        for (int r = 0; r < MR; ++r) arows[r] = p.dgates + (row0 + r0 + std::min(r, mr - 1)) * G;
+        for (int64_t pb = pb0; pb < pb1; ++pb) {
+          acc_t acc[MR][U] = {};
+          mac_tile<MR, U>(G, arows, wh.data() + pb * U, Pp, acc);
+          const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
+          for (int r = 0; r < mr; ++r)
+            for (int c = 0; c < nc; ++c) dh[(r0 + r) * P + pb * U + c] = acc[r][c];
+        }
+      }
+#pragma omp barrier
+    }
+  }
+  for (int64_t i = 0; i < B * P; ++i) p.dh0[i] = from_acc<scalar_t>(dh[i]);
+  for (int64_t i = 0; i < B * H; ++i) p.dc0[i] = from_acc<scalar_t>(dc[i]);
+}
+
+}  // namespace LSTM_ISA
+}  // namespace cpu
+}  // namespace lstm_fused

@@ -1,0 +1,43 @@
+// What each lstm_cpu_<isa>.cpp includes before its target pragma (the standard headers must be
+// parsed under the default target) and the declarations lstm_cpu.cpp dispatches between.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "lstm.h"
+
+#define LSTM_CPU_DECLARE(isa)                                                          \
+  namespace lstm_fused {                                                               \
+  namespace cpu {                                                                      \
+  namespace isa {                                                                      \
+  template <typename scalar_t, typename acc_t>                                         \
+  void forward(const ForwardParams<scalar_t, acc_t>& p);                               \
+  template <typename scalar_t, typename acc_t>                                         \
+  void backward(const BackwardParams<scalar_t, acc_t>& p);                             \
+  }                                                                                    \
+  }                                                                                    \
+  }
+
+#define LSTM_CPU_INSTANTIATE(isa)                                                                 \
+  namespace lstm_fused {                                                                          \
+  namespace cpu {                                                                                 \
+  namespace isa {                                                                                 \
+  template void forward<double, double>(const ForwardParams<double, double>&);                    \
+  template void forward<float, float>(const ForwardParams<float, float>&);                        \
+  template void forward<bf16_t, float>(const ForwardParams<bf16_t, float>&);                      \
+  template void backward<double, double>(const BackwardParams<double, double>&);                  \
+  template void backward<float, float>(const BackwardParams<float, float>&);                      \
+  template void backward<bf16_t, float>(const BackwardParams<bf16_t, float>&);                    \
+  }                                                                                               \
+  }                                                                                               \
+  }
+
+LSTM_CPU_DECLARE(avx512)
+LSTM_CPU_DECLARE(avx2)
+LSTM_CPU_DECLARE(baseline)

@@ -1,0 +1,82 @@
+// lstm_fused kernel core: the parameter structs shared by the CPU and CUDA kernels.
+//
+// No torch in here (or in anything under csrc/kernels/): the adapters in csrc/ops/ turn tensors
+// into these structs, and these headers compile with plain g++ and nvcc.
+//
+// One call runs one layer in one direction over the whole sequence. Notation:
+//   T  timesteps            B  batch (rows of h0/c0)     H  hidden size
+//   P  output size of a step (proj_size if a projection is used, else H)
+//   N  rows of the sequence: T*B when dense, sum(batch_sizes) when packed
+// Row layout (dense and packed alike): the rows of step t are rows off(t) .. off(t)+bs(t)-1 of
+// every [N, ...] buffer, where bs(t) = batch_sizes ? batch_sizes[t] : B and off(t) = sum of bs(s)
+// for s < t. Row off(t)+b belongs to sequence b. batch_sizes is non-increasing, bs(0) <= B.
+// A sequence that is not active at step t keeps its state; sequences b >= bs(0) never run and
+// their h_n/c_n are h0/c0 (their dh0/dc0 are grad_hn/grad_cn).
+// Gate order i, f, g, o (as torch.nn.LSTM). Every matrix is row-major and contiguous.
+#pragma once
+
+#include <cstdint>
+
+namespace lstm_fused {
+
+// Bit-compatible with c10::BFloat16 / __nv_bfloat16 (the adapters reinterpret_cast to it).
+struct bf16_t {
+  uint16_t bits;
+};
+
+// Returns the number of rows at step t (bs(t) above).
+inline int64_t step_rows(const int64_t* batch_sizes, int64_t B, int64_t t) {
+  return batch_sizes ? batch_sizes[t] : B;
+}
+
+// scalar_t: the tensor dtype (double, float, bf16_t); acc_t: what the kernel computes in
+// (double for double, float otherwise).
+template <typename scalar_t, typename acc_t>
+struct ForwardParams {
+  int64_t T = 0, B = 0, H = 0, P = 0;
+  const int64_t* batch_sizes = nullptr;  // [T] host memory, or nullptr when dense
+  bool reverse = false;                  // run t = T-1 .. 0 (each sequence from its own last step)
+  int num_threads = 1;                   // CPU only: threads that split the hidden units
+
+  // gates: [N, 4H] read: x_t W_ih^T + b_ih + b_hh (the input projection, done by the adapter).
+  //        When save is true it is overwritten with the activated gates (sigmoid i, f, o;
+  //        tanh g) that the backward reads; otherwise its contents are left undefined.
+  acc_t* gates = nullptr;
+  const scalar_t* w_hh = nullptr;  // [4H, P] read
+  const scalar_t* w_hr = nullptr;  // [P, H] read, or nullptr when P == H without projection
+  const scalar_t* h0 = nullptr;    // [B, P] read
+  const scalar_t* c0 = nullptr;    // [B, H] read
+  scalar_t* y = nullptr;           // [N, P] written: h of every row
+  scalar_t* h_n = nullptr;         // [B, P] written
+  scalar_t* c_n = nullptr;         // [B, H] written
+  acc_t* cells = nullptr;          // [N, H] written when save: c of every row (else unused)
+  bool save = false;
+};
+
+template <typename scalar_t, typename acc_t>
+struct BackwardParams {
+  int64_t T = 0, B = 0, H = 0, P = 0;
+  const int64_t* batch_sizes = nullptr;  // as in ForwardParams
+  bool reverse = false;
+  int num_threads = 1;
+
+  const scalar_t* grad_y = nullptr;   // [N, P] read: dL/dy
+  const scalar_t* grad_hn = nullptr;  // [B, P] read
+  const scalar_t* grad_cn = nullptr;  // [B, H] read
+  const scalar_t* w_hh = nullptr;     // [4H, P] read
+  const scalar_t* w_hr = nullptr;     // [P, H] read, or nullptr
+  const scalar_t* h0 = nullptr;       // [B, P] read
+  const scalar_t* c0 = nullptr;       // [B, H] read
+  const scalar_t* y = nullptr;        // [N, P] read: forward output
+  const acc_t* gates = nullptr;       // [N, 4H] read: activated gates saved by the forward
+  const acc_t* cells = nullptr;       // [N, H] read: cell states saved by the forward
+
+  acc_t* dgates = nullptr;  // [N, 4H] written: dL/d(pre-activation gates); may alias nothing
+  acc_t* h_prev = nullptr;  // [N, P] written: the h_{t-1} each row's step read (for dW_hh)
+  acc_t* dh_out = nullptr;  // [N, P] written when w_hr: dL/d(projected h) per row (for dW_hr)
+  acc_t* h_pre = nullptr;   // [N, H] written when w_hr: o * tanh(c) per row (for dW_hr)
+  scalar_t* dh0 = nullptr;  // [B, P] written
+  scalar_t* dc0 = nullptr;  // [B, H] written
+};
+
+}  // namespace lstm_fused

@@ -1,0 +1,119 @@
+#include "ops/common.h"
+
+namespace lstm_fused {
+
+at::ScalarType acc_dtype(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+namespace {
+
+void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& x,
+                  std::initializer_list<int64_t> sizes) {
+  TORCH_CHECK(t.defined(), "lstm_fused: ", name, " is undefined");
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "lstm_fused: ", name, " has dtype ",
+              t.scalar_type(), " but x has dtype ", x.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), "lstm_fused: ", name, " is on ", t.device(),
+              " but x is on ", x.device());
+  TORCH_CHECK(t.sizes().equals(sizes), "lstm_fused: ", name, " must have shape ",
+              c10::IntArrayRef(sizes), ", got ", t.sizes());
+}
+
+}  // namespace
+
+LayerShape check_forward_args(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                              const c10::optional<at::Tensor>& b_ih,
+                              const c10::optional<at::Tensor>& b_hh,
+                              const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
+                              const at::Tensor& c0, const c10::optional<at::Tensor>& batch_sizes) {
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "lstm_fused: x must be floating point, got ",
+              x.scalar_type());
+  LayerShape s{};
+  s.packed = batch_sizes.has_value();
+  TORCH_CHECK(x.dim() == (s.packed ? 2 : 3), "lstm_fused: x must be ",
+              s.packed ? "[N, I] (packed rows)" : "[T, B, I]", ", got shape ", x.sizes());
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % 4 == 0, "lstm_fused: w_ih must be [4H, I], got ",
+              w_ih.sizes());
+  s.H = w_ih.size(0) / 4;
+  s.I = x.size(-1);
+  s.P = w_hr ? w_hr->size(0) : s.H;
+  s.B = h0.dim() == 2 ? h0.size(0) : -1;
+  check_tensor(w_ih, "w_ih", x, {4 * s.H, s.I});
+  check_tensor(w_hh, "w_hh", x, {4 * s.H, s.P});
+  if (b_ih) check_tensor(*b_ih, "b_ih", x, {4 * s.H});
+  if (b_hh) check_tensor(*b_hh, "b_hh", x, {4 * s.H});
+  if (w_hr) check_tensor(*w_hr, "w_hr", x, {s.P, s.H});
+  check_tensor(h0, "h0", x, {s.B, s.P});
+  check_tensor(c0, "c0", x, {s.B, s.H});
+  if (!s.packed) {
+    s.T = x.size(0);
+    TORCH_CHECK(x.size(1) == s.B, "lstm_fused: x has batch ", x.size(1), " but h0 has ", s.B);
+    s.N = s.T * s.B;
+    return s;
+  }
+  const at::Tensor& bs = *batch_sizes;
+  TORCH_CHECK(bs.device().is_cpu() && bs.scalar_type() == at::kLong && bs.dim() == 1,
+              "lstm_fused: batch_sizes must be a 1-D int64 CPU tensor");
+  s.T = bs.size(0);
+  s.N = x.size(0);
+  const at::Tensor bsc = bs.contiguous();
+  const int64_t* v = bsc.const_data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t t = 0; t < s.T; ++t) {
+    TORCH_CHECK(v[t] > 0 && v[t] <= (t ? v[t - 1] : s.B),
+                "lstm_fused: batch_sizes must be positive, non-increasing and at most the batch "
+                "size of h0, got ", bs);
+    total += v[t];
+  }
+  TORCH_CHECK(total == s.N, "lstm_fused: batch_sizes sum to ", total, " but x has ", s.N, " rows");
+  return s;
+}
+
+void check_backward_args(const at::Tensor& grad_y, const at::Tensor& grad_hn,
+                         const at::Tensor& grad_cn, const at::Tensor& y, const at::Tensor& gates,
+                         const at::Tensor& cells, const LayerShape& s) {
+  TORCH_CHECK(gates.numel() == s.N * 4 * s.H && cells.numel() == s.N * s.H,
+              "lstm_fused: backward needs the activations saved by forward(save=True)");
+  TORCH_CHECK(grad_y.numel() == s.N * s.P && y.numel() == s.N * s.P,
+              "lstm_fused: grad_y and y must have ", s.N * s.P, " elements");
+  TORCH_CHECK(grad_hn.numel() == s.B * s.P && grad_cn.numel() == s.B * s.H,
+              "lstm_fused: grad_hn/grad_cn must be [B, P]/[B, H]");
+  TORCH_CHECK(grad_y.scalar_type() == y.scalar_type() && grad_hn.scalar_type() == y.scalar_type() &&
+                  grad_cn.scalar_type() == y.scalar_type(),
+              "lstm_fused: gradients must have the dtype of y");
+}
+
+std::vector<int64_t> output_sizes(const at::Tensor& x, int64_t P) {
+  std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
+  sizes.back() = P;
+  return sizes;
+}
+
+at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih,
+                            const c10::optional<at::Tensor>& b_ih,
+                            const c10::optional<at::Tensor>& b_hh, const LayerShape& s,
+                            at::ScalarType acc) {
+  const at::Tensor x2 = x.reshape({s.N, s.I}).to(acc);
+  const at::Tensor w = w_ih.to(acc);
+  at::Tensor bias;
+  if (b_ih) bias = b_ih->to(acc);
+  if (b_hh) bias = bias.defined() ? bias + b_hh->to(acc) : b_hh->to(acc);
+  if (!bias.defined()) return at::mm(x2, w.t());
+  return at::addmm(bias, x2, w.t());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+weight_gradients(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& dgates,
+                 const at::Tensor& h_prev, const at::Tensor& dh_out, const at::Tensor& h_pre,
+                 const at::Tensor& dh0, const at::Tensor& dc0, const LayerShape& s, bool has_bias) {
+  const auto dtype = x.scalar_type();
+  const at::Tensor x2 = x.reshape({s.N, s.I}).to(dgates.scalar_type());
+  at::Tensor dx = at::mm(dgates, w_ih.to(dgates.scalar_type())).to(dtype).view(x.sizes());
+  at::Tensor dw_ih = at::mm(dgates.t(), x2).to(dtype);
+  at::Tensor dw_hh = at::mm(dgates.t(), h_prev).to(dtype);
+  at::Tensor db = has_bias ? dgates.sum(0).to(dtype) : at::empty({0}, x.options());
+  at::Tensor dw_hr = dh_out.defined() ? at::mm(dh_out.t(), h_pre).to(dtype) : at::empty({0}, x.options());
+  return {dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0};
+}
+
+}  // namespace lstm_fused

@@ -1,0 +1,48 @@
+// Device-agnostic pieces of the adapters (lstm_cpu.cpp, lstm_cuda.cpp): argument checks, sizes,
+// and the GEMMs around the recurrence (input projection before it, weight gradients after it),
+// all through ATen so that each device gets its own BLAS (oneDNN/MKL, cuBLAS).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+#include <vector>
+
+namespace lstm_fused {
+
+struct LayerShape {
+  int64_t T, B, I, H, P, N;  // as in kernels/lstm.h; N: rows of x
+  bool packed;
+};
+
+// The accumulation dtype: float32 for half types, else the dtype itself.
+at::ScalarType acc_dtype(at::ScalarType t);
+
+// Checks what the forward op receives (shapes, dtypes, devices, batch_sizes) and returns the sizes.
+LayerShape check_forward_args(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                              const c10::optional<at::Tensor>& b_ih,
+                              const c10::optional<at::Tensor>& b_hh,
+                              const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
+                              const at::Tensor& c0, const c10::optional<at::Tensor>& batch_sizes);
+
+void check_backward_args(const at::Tensor& grad_y, const at::Tensor& grad_hn,
+                         const at::Tensor& grad_cn, const at::Tensor& y, const at::Tensor& gates,
+                         const at::Tensor& cells, const LayerShape& s);
+
+// x.shape[:-1] + [P]
+std::vector<int64_t> output_sizes(const at::Tensor& x, int64_t P);
+
+// [N, 4H] in acc dtype: x W_ih^T + b_ih + b_hh, one GEMM over every row.
+at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih,
+                            const c10::optional<at::Tensor>& b_ih,
+                            const c10::optional<at::Tensor>& b_hh, const LayerShape& s,
+                            at::ScalarType acc);
+
+// The backward op's outputs from what the recurrence produced: dx, dW_ih, dW_hh, db, dW_hr as
+// GEMMs over all rows, plus dh0 and dc0 as they are. dh_out/h_pre are undefined without w_hr.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+weight_gradients(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& dgates,
+                 const at::Tensor& h_prev, const at::Tensor& dh_out, const at::Tensor& h_pre,
+                 const at::Tensor& dh0, const at::Tensor& dc0, const LayerShape& s, bool has_bias);
+
+}  // namespace lstm_fused

@@ -1,0 +1,144 @@
+// CPU implementations of lstm_fused::forward / backward: checks, dtype dispatch, allocation, the
+// input-projection GEMM and the weight-gradient GEMMs through ATen; the recurrence in
+// kernels/cpu (one call per op, raw pointers only).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cpu/lstm_cpu.h"
+#include "ops/common.h"
+
+namespace lstm_fused {
+namespace {
+
+template <typename T>
+struct KernelType {
+  using type = T;
+};
+template <>
+struct KernelType<c10::BFloat16> {
+  using type = bf16_t;
+};
+
+template <typename scalar_t>
+const typename KernelType<scalar_t>::type* kptr(const at::Tensor& t) {
+  return t.defined() && t.numel() ? reinterpret_cast<const typename KernelType<scalar_t>::type*>(t.const_data_ptr<scalar_t>()) : nullptr;
+}
+template <typename scalar_t>
+typename KernelType<scalar_t>::type* kptr_mut(at::Tensor& t) {
+  return reinterpret_cast<typename KernelType<scalar_t>::type*>(t.mutable_data_ptr<scalar_t>());
+}
+
+// Fewer threads than torch's when a step is too small to be worth splitting (the barrier per
+// step costs about a microsecond).
+int threads_for(int64_t rows, int64_t H, int64_t P) {
+  const int64_t flops_per_step = std::max<int64_t>(rows, 1) * 4 * H * P;
+  return flops_per_step < (1 << 15) ? 1 : at::get_num_threads();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0, const at::Tensor& c0,
+    const c10::optional<at::Tensor>& batch_sizes, bool reverse, bool save) {
+  const LayerShape s = check_forward_args(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes);
+  const auto acc = acc_dtype(x.scalar_type());
+  at::Tensor gates = input_projection(x, w_ih, b_ih, b_hh, s, acc);
+  at::Tensor y = at::empty(output_sizes(x, s.P), x.options());
+  at::Tensor h_n = at::empty({s.B, s.P}, x.options());
+  at::Tensor c_n = at::empty({s.B, s.H}, x.options());
+  at::Tensor cells = save ? at::empty({s.N, s.H}, x.options().dtype(acc)) : at::empty({0}, x.options().dtype(acc));
+  const at::Tensor bs = batch_sizes ? batch_sizes->contiguous() : at::Tensor();
+  const at::Tensor whh = w_hh.contiguous(), h0c = h0.contiguous(), c0c = c0.contiguous();
+  const at::Tensor whr = w_hr ? w_hr->contiguous() : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "lstm_fused_forward_cpu", [&] {
+    using kscalar = typename KernelType<scalar_t>::type;
+    using kacc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    ForwardParams<kscalar, kacc> p;
+    p.T = s.T;
+    p.B = s.B;
+    p.H = s.H;
+    p.P = s.P;
+    p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
+    p.reverse = reverse;
+    p.num_threads = threads_for(s.B, s.H, s.P);
+    p.gates = gates.mutable_data_ptr<kacc>();
+    p.w_hh = kptr<scalar_t>(whh);
+    p.w_hr = kptr<scalar_t>(whr);
+    p.h0 = kptr<scalar_t>(h0c);
+    p.c0 = kptr<scalar_t>(c0c);
+    p.y = kptr_mut<scalar_t>(y);
+    p.h_n = kptr_mut<scalar_t>(h_n);
+    p.c_n = kptr_mut<scalar_t>(c_n);
+    p.cells = save ? cells.mutable_data_ptr<kacc>() : nullptr;
+    p.save = save;
+    cpu::lstm_forward(p);
+  });
+  if (!save) gates = at::empty({0}, gates.options());
+  return {y, h_n, c_n, gates, cells};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tensor& grad_cn,
+             const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+             const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0, const at::Tensor& c0,
+             const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cells,
+             const c10::optional<at::Tensor>& batch_sizes, bool reverse, bool has_bias) {
+  const LayerShape s = check_forward_args(x, w_ih, w_hh, c10::nullopt, c10::nullopt, w_hr, h0, c0, batch_sizes);
+  check_backward_args(grad_y, grad_hn, grad_cn, y, gates, cells, s);
+  const auto acc = acc_dtype(x.scalar_type());
+  const auto acc_opts = x.options().dtype(acc);
+  const bool proj = w_hr.has_value();
+  at::Tensor dgates = at::empty({s.N, 4 * s.H}, acc_opts);
+  at::Tensor h_prev = at::empty({s.N, s.P}, acc_opts);
+  at::Tensor dh_out = proj ? at::empty({s.N, s.P}, acc_opts) : at::Tensor();
+  at::Tensor h_pre = proj ? at::empty({s.N, s.H}, acc_opts) : at::Tensor();
+  at::Tensor dh0 = at::empty({s.B, s.P}, x.options());
+  at::Tensor dc0 = at::empty({s.B, s.H}, x.options());
+  const at::Tensor bs = batch_sizes ? batch_sizes->contiguous() : at::Tensor();
+  const at::Tensor gy = grad_y.contiguous(), ghn = grad_hn.contiguous(), gcn = grad_cn.contiguous();
+  const at::Tensor whh = w_hh.contiguous(), h0c = h0.contiguous(), c0c = c0.contiguous();
+  const at::Tensor whr = proj ? w_hr->contiguous() : at::Tensor();
+  const at::Tensor yc = y.contiguous(), gc = gates.contiguous(), cc = cells.contiguous();
+
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "lstm_fused_backward_cpu", [&] {
+    using kscalar = typename KernelType<scalar_t>::type;
+    using kacc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    BackwardParams<kscalar, kacc> p;
+    p.T = s.T;
+    p.B = s.B;
+    p.H = s.H;
+    p.P = s.P;
+    p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
+    p.reverse = reverse;
+    p.num_threads = threads_for(s.B, s.H, s.P);
+    p.grad_y = kptr<scalar_t>(gy);
+    p.grad_hn = kptr<scalar_t>(ghn);
+    p.grad_cn = kptr<scalar_t>(gcn);
+    p.w_hh = kptr<scalar_t>(whh);
+    p.w_hr = kptr<scalar_t>(whr);
+    p.h0 = kptr<scalar_t>(h0c);
+    p.c0 = kptr<scalar_t>(c0c);
+    p.y = kptr<scalar_t>(yc);
+    p.gates = gc.const_data_ptr<kacc>();
+    p.cells = cc.const_data_ptr<kacc>();
+    p.dgates = dgates.mutable_data_ptr<kacc>();
+    p.h_prev = h_prev.mutable_data_ptr<kacc>();
+    p.dh_out = proj ? dh_out.mutable_data_ptr<kacc>() : nullptr;
+    p.h_pre = proj ? h_pre.mutable_data_ptr<kacc>() : nullptr;
+    p.dh0 = kptr_mut<scalar_t>(dh0);
+    p.dc0 = kptr_mut<scalar_t>(dc0);
+    cpu::lstm_backward(p);
+  });
+  return weight_gradients(x, w_ih, dgates, h_prev, dh_out, h_pre, dh0, dc0, s, has_bias);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lstm_fused, CPU, m) {
+  m.impl("forward", &forward_cpu);
+  m.impl("backward", &backward_cpu);
+}
+
+}  // namespace lstm_fused

@@ -1,0 +1,23 @@
+// The op schemas, declared once. Implementations: lstm_cpu.cpp (CPU), lstm_cuda.cpp (CUDA builds).
+// Fake implementations and autograd: lstm_fused/ops.py.
+//
+// forward: one layer, one direction, whole sequence (see csrc/kernels/lstm.h for the row layout).
+//   x [T, B, I] dense, or [N, I] packed rows when batch_sizes ([T] int64 on the CPU) is given;
+//   h0 [B, P], c0 [B, H]. Returns y (x.shape[:-1] + [P]), h_n [B, P], c_n [B, H], and when
+//   save: gates [N, 4H] (activated i, f, g, o) and cells [N, H] in the accumulation dtype
+//   (float32 for half types); without save both are empty ([0]).
+// backward: the gradients of forward's inputs from those of y, h_n, c_n. db is [4H] (the grad of
+//   b_ih and of b_hh alike) when has_bias, else [0]; dw_hr is [P, H] when w_hr is given, else [0].
+#include <torch/library.h>
+
+TORCH_LIBRARY(lstm_fused, m) {
+  m.def(
+      "forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "
+      "Tensor h0, Tensor c0, Tensor? batch_sizes, bool reverse, bool save) -> "
+      "(Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)");
+  m.def(
+      "backward(Tensor grad_y, Tensor grad_hn, Tensor grad_cn, Tensor x, Tensor w_ih, Tensor w_hh, "
+      "Tensor? w_hr, Tensor h0, Tensor c0, Tensor y, Tensor gates, Tensor cells, "
+      "Tensor? batch_sizes, bool reverse, bool has_bias) -> "
+      "(Tensor dx, Tensor dw_ih, Tensor dw_hh, Tensor db, Tensor dw_hr, Tensor dh0, Tensor dc0)");
+}

@@ -1,0 +1,39 @@
+"""Everything above one layer: layers, directions, dropout between layers, packed batch_sizes.
+
+``lstm`` runs a stack through one ``lstm_fused::forward`` op per layer and direction. It takes
+time-major input and states already checked and ordered by the module (modules.py).
+"""
+import torch
+import torch.nn.functional as F
+
+from . import ops
+
+
+def lstm(x, h0, c0, weights, num_layers, bidirectional, dropout, training, batch_sizes=None):
+    """Runs a (possibly bidirectional, projected) LSTM stack.
+
+    x: [T, B, I] time-major, or [N, I] packed rows when batch_sizes ([T] int64 on the CPU) is given.
+    h0: [D*num_layers, B, P]; c0: [D*num_layers, B, H] (B = batch_sizes[0] when packed).
+    weights: per layer and direction (layer-major), (w_ih, w_hh, b_ih, b_hh, w_hr), each bias and
+        w_hr possibly None.
+    Returns y (x.shape[:-1] + [D*P]), h_n [D*num_layers, B, P], c_n [D*num_layers, B, H].
+    """
+    D = 2 if bidirectional else 1
+    save = torch.is_grad_enabled() and (
+        x.requires_grad or h0.requires_grad or c0.requires_grad
+        or any(w is not None and w.requires_grad for ws in weights for w in ws)
+    )
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        if layer > 0 and dropout > 0 and training:
+            x = F.dropout(x, dropout, training=True)
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            w_ih, w_hh, b_ih, b_hh, w_hr = weights[k]
+            y, h, c, _, _ = ops.forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0[k], c0[k], batch_sizes, d == 1, save)
+            outs.append(y)
+            h_n.append(h)
+            c_n.append(c)
+        x = torch.cat(outs, dim=-1) if D == 2 else outs[0]
+    return x, torch.stack(h_n), torch.stack(c_n)

@@ -1,0 +1,233 @@
+"""lstm_fused.LSTM: torch.nn.LSTM's contract (constructor, parameters, shapes, errors) on our ops.
+
+Not a subclass of torch.nn.LSTM (torch.compile refuses those). The parameters are read by name on
+every call, so there is no flat-weight cache to go stale; flatten_parameters() does nothing.
+"""
+import math
+import numbers
+import warnings
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import functional
+
+
+def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size):
+    # The checks and messages of torch.nn.RNNBase.__init__, in its order.
+    if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
+        raise ValueError(
+            "dropout should be a number in range [0, 1] representing the probability of an element being zeroed")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+            f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+            stacklevel=3,
+        )
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+    if not isinstance(batch_first, bool):
+        raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+    if not isinstance(input_size, int):
+        raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+    if input_size <= 0:
+        raise ValueError("input_size must be greater than zero")
+    if not isinstance(hidden_size, int):
+        raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+    if hidden_size <= 0:
+        raise ValueError("hidden_size must be greater than zero")
+    if num_layers <= 0:
+        raise ValueError("num_layers must be greater than zero")
+    if proj_size < 0:
+        raise ValueError("proj_size should be a positive integer or zero to disable projections")
+    if proj_size >= hidden_size:
+        raise ValueError("proj_size has to be smaller than hidden_size")
+
+
+class LSTM(nn.Module):
+    """A drop-in torch.nn.LSTM whose layers run lstm_fused's fused kernels.
+
+    Same constructor, parameters (names, order, shapes, init), state_dict, inputs and outputs
+    (batched, unbatched, batch_first, PackedSequence) and errors as torch.nn.LSTM.
+    """
+
+    __constants__ = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                     "bidirectional", "proj_size"]
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, device=None, dtype=None):
+        super().__init__()
+        _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        self.mode = "LSTM"
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        factory = {"device": device, "dtype": dtype}
+        D = 2 if bidirectional else 1
+        P = proj_size if proj_size > 0 else hidden_size
+        self._flat_weights_names = []
+        self._all_weights = []
+        for layer in range(num_layers):
+            for direction in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                layer_in = input_size if layer == 0 else P * D
+                shapes = [("weight_ih", (4 * hidden_size, layer_in)), ("weight_hh", (4 * hidden_size, P))]
+                if bias:
+                    shapes += [("bias_ih", (4 * hidden_size,)), ("bias_hh", (4 * hidden_size,))]
+                if proj_size > 0:
+                    shapes += [("weight_hr", (proj_size, hidden_size))]
+                names = []
+                for name, shape in shapes:
+                    setattr(self, name + sfx, nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(name + sfx)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def flatten_parameters(self):
+        """Kept for torch.nn.LSTM compatibility: parameters are read by name, nothing to flatten."""
+
+    @property
+    def _flat_weights(self):
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self):
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def extra_repr(self):
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        return s.format(**self.__dict__)
+
+    def _layer_weights(self):
+        D = 2 if self.bidirectional else 1
+        weights = []
+        for layer in range(self.num_layers):
+            for direction in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                get = self.__dict__["_parameters"].get
+                weights.append((get("weight_ih" + sfx), get("weight_hh" + sfx), get("bias_ih" + sfx),
+                                get("bias_hh" + sfx), get("weight_hr" + sfx)))
+        return weights
+
+    # The checks of torch.nn.LSTM.forward, with its messages.
+    def _check_input(self, input, batch_sizes):
+        w_dtype = self.weight_ih_l0.dtype
+        if input.dtype != w_dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({w_dtype}). "
+                f"Convert input: input.to({w_dtype}), or convert model: model.to({input.dtype})")
+        expected_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_dim:
+            raise RuntimeError(f"input must have {expected_dim} dimensions, got {input.dim()}")
+        if self.input_size != input.size(-1):
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}")
+
+    def _check_hidden(self, hx, batch):
+        D = 2 if self.bidirectional else 1
+        expected_h = (self.num_layers * D, batch, self.proj_size if self.proj_size > 0 else self.hidden_size)
+        expected_c = (self.num_layers * D, batch, self.hidden_size)
+        if hx[0].size() != expected_h:
+            raise RuntimeError(f"Expected hidden[0] size {expected_h}, got {list(hx[0].size())}")
+        if hx[1].size() != expected_c:
+            raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(hx[1].size())}")
+        if hx[0].dtype != self.weight_ih_l0.dtype or hx[1].dtype != self.weight_ih_l0.dtype:
+            raise RuntimeError(
+                f"hx and cx must have the dtype of the weights ({self.weight_ih_l0.dtype}), "
+                f"got {hx[0].dtype} and {hx[1].dtype}")
+
+    def forward(self, input, hx=None):
+        D = 2 if self.bidirectional else 1
+        P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        packed = isinstance(input, PackedSequence)
+        batch_sizes = sorted_indices = unsorted_indices = None
+        unbatched = False
+        if packed:
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            self._check_input(input, batch_sizes)
+            batch = int(batch_sizes[0]) if batch_sizes.numel() else 0
+            x = input
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            unbatched = input.dim() == 2
+            if hx is not None:
+                want = 2 if unbatched else 3
+                if hx[0].dim() != want or hx[1].dim() != want:
+                    kind = "unbatched 2-D" if unbatched else "batched 3-D"
+                    raise RuntimeError(
+                        f"For {kind} input, hx and cx should also be {want}-D but got "
+                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                if unbatched:
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            if unbatched:
+                input = input.unsqueeze(0 if self.batch_first else 1)
+            self._check_input(input, None)
+            batch = input.size(0) if self.batch_first else input.size(1)
+            x = input.transpose(0, 1) if self.batch_first else input
+        if hx is None:
+            h0 = x.new_zeros(self.num_layers * D, batch, P)
+            c0 = x.new_zeros(self.num_layers * D, batch, self.hidden_size)
+        else:
+            self._check_hidden(hx, batch)
+            h0, c0 = hx
+            if sorted_indices is not None:
+                h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
+        y, h_n, c_n = functional.lstm(x, h0, c0, self._layer_weights(), self.num_layers, self.bidirectional,
+                                      self.dropout, self.training, batch_sizes)
+        if unsorted_indices is not None:
+            h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+        if packed:
+            return PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        if unbatched:
+            y = y.squeeze(0 if self.batch_first else 1)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return y, (h_n, c_n)
+
+
+def convert(model):
+    """Swaps every torch.nn.LSTM inside ``model`` (or ``model`` itself) for an lstm_fused.LSTM.
+
+    The new modules hold the very same Parameter objects (values, dtype, device, requires_grad;
+    optimizers that hold them keep working) and the same training flag. Returns the model.
+    """
+    if isinstance(model, nn.LSTM):
+        return _from_torch(model)
+    for name, child in model.named_children():
+        setattr(model, name, convert(child))
+    return model
+
+
+def _from_torch(m):
+    new = LSTM(m.input_size, m.hidden_size, m.num_layers, m.bias, m.batch_first, m.dropout, m.bidirectional,
+               m.proj_size, device="meta")
+    for name in new._flat_weights_names:
+        setattr(new, name, getattr(m, name))
+    new.train(m.training)
+    return new

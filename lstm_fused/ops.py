@@ -1,0 +1,65 @@
+"""The one place where Python touches the custom ops.
+
+Importing lstm_fused._C registers ``torch.ops.lstm_fused.forward`` and ``.backward`` (schemas in
+csrc/ops/schemas.cpp, kernels per device). Here: their fake (meta) implementations, so that
+torch.compile and torch.export can trace them, and the autograd formula of ``forward``, whose
+backward calls the ``backward`` op.
+"""
+import torch
+
+from . import _C  # noqa: F401  (registers the ops)
+
+forward = torch.ops.lstm_fused.forward
+backward = torch.ops.lstm_fused.backward
+
+
+def _acc_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@torch.library.register_fake("lstm_fused::forward")
+def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse, save):
+    H = w_ih.shape[0] // 4
+    P = w_hh.shape[1]
+    B = h0.shape[0]
+    N = x.shape[0] if batch_sizes is not None else x.shape[0] * x.shape[1]
+    acc = _acc_dtype(x.dtype)
+    y = x.new_empty((*x.shape[:-1], P))
+    gates = x.new_empty((N, 4 * H) if save else (0,), dtype=acc)
+    cells = x.new_empty((N, H) if save else (0,), dtype=acc)
+    return y, x.new_empty((B, P)), x.new_empty((B, H)), gates, cells
+
+
+@torch.library.register_fake("lstm_fused::backward")
+def _backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, y, gates, cells, batch_sizes,
+                   reverse, has_bias):
+    dw_hr = torch.empty_like(w_hr) if w_hr is not None else x.new_empty((0,))
+    db = x.new_empty((w_ih.shape[0],) if has_bias else (0,))
+    return (torch.empty_like(x), torch.empty_like(w_ih), torch.empty_like(w_hh), db, dw_hr,
+            torch.empty_like(h0), torch.empty_like(c0))
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse, save = inputs
+    y, _, _, gates, cells = output
+    ctx.reverse = reverse
+    ctx.has_b_ih = b_ih is not None
+    ctx.has_b_hh = b_hh is not None
+    ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, y, gates, cells, batch_sizes)
+
+
+def _backward(ctx, grad_y, grad_hn, grad_cn, _grad_gates, _grad_cells):
+    x, w_ih, w_hh, w_hr, h0, c0, y, gates, cells, batch_sizes = ctx.saved_tensors
+    if gates.numel() == 0 and y.numel() != 0:
+        raise RuntimeError("lstm_fused: backward through forward(save=False); call it with save=True")
+    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
+    grad_hn = torch.zeros_like(h0) if grad_hn is None else grad_hn
+    grad_cn = torch.zeros_like(c0) if grad_cn is None else grad_cn
+    has_bias = ctx.has_b_ih or ctx.has_b_hh
+    dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0 = backward(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, y,
+                                                     gates, cells, batch_sizes, ctx.reverse, has_bias)
+    return (dx, dw_ih, dw_hh, db if ctx.has_b_ih else None, db if ctx.has_b_hh else None,
+            dw_hr if w_hr is not None else None, dh0, dc0, None, None, None)
+
+
+torch.library.register_autograd("lstm_fused::forward", _backward, setup_context=_setup_context)
