@@ -1,0 +1,285 @@
+// The persistent backward recurrence: one cooperative launch visits the steps in reverse order of
+// the forward.
+//
+// Block g owns hidden units j0 .. j0+U-1 and the W_hh columns q0 .. q0+Q-1 (the same as its units
+// without a projection), kept transposed in shared memory for the whole launch. Per visited step:
+//   phase A (columns): dh[:, q] = grad_y[:, q] + dgates_prev W_hh[:, q] for the rows of this step
+//            (dgates_prev: the step visited before, i.e. the next one in time; a row that starts
+//            here takes grad_hn instead, a row that ended at the previous step gets dh0 = the dot);
+//            it also writes h_prev (the h_{t-1} of each row) for dW_hh;
+//   phase B (units):   (projection: after a grid barrier, dh_pre = dh_out W_hr[:, j]) the pointwise
+//            gradient of the cell from the saved gates and cells gives dgates of this step and
+//            carries dc (kept in shared memory) to the step before;
+// then a grid barrier, so that the next phase A reads complete rows of dgates.
+// No atomics: every output element has exactly one writer; the result is bitwise reproducible.
+#include "common.cuh"
+
+namespace lstm_fused {
+namespace cuda {
+namespace {
+
+namespace cg = cooperative_groups;
+
+struct BwdPlan {
+  int grid = 0;
+  int U = 0, Q = 0;    // units and W_hh columns per block
+  int K4 = 0, Kp = 0;  // 4H and P padded to kChunk
+  int BT = 0;
+  int64_t tile_bytes = 0, state_bytes = 0;
+  int64_t smem = 0;
+};
+
+template <typename T, bool PROJ>
+__device__ __forceinline__ void cell_grad(const BackwardArgs& a, const Steps& st, int64_t s,
+                                          int64_t j, int64_t b, int u, int U, float dh,
+                                          float* dcs) {
+  const int64_t H = a.H, H4 = 4 * a.H;
+  const int64_t row = st.off(s) + b;
+  const int64_t fbs = st.bs(s + 1);
+  const float* g = a.gates + row * H4 + j;
+  const float gi = g[0], gf = g[H], gg = g[2 * H], go = g[3 * H];
+  const float c = a.cells[row * H + j];
+  const float cprev = b < fbs ? a.cells[(st.off(s + 1) + b) * H + j]
+                              : to_f(static_cast<const T*>(a.c0)[b * H + j]);
+  const float tc = tanhf(c);
+  float* dcp = dcs + b * U + u;
+  const float dc = *dcp + dh * go * (1.f - tc * tc);
+  float* dg = a.dgates + row * H4 + j;
+  dg[0] = dc * gg * gi * (1.f - gi);
+  dg[H] = dc * cprev * gf * (1.f - gf);
+  dg[2 * H] = dc * gi * (1.f - gg * gg);
+  dg[3 * H] = dh * tc * go * (1.f - go);
+  *dcp = dc * gf;
+  if (PROJ) a.h_pre[row * H + j] = go * tc;
+}
+
+template <typename T, bool PROJ>
+__global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArgs a, const BwdPlan p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  cg::grid_group grid = cg::this_grid();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t H = a.H, P = a.P, H4 = 4 * a.H;
+  const int j0 = blockIdx.x * p.U;
+  const int nu = static_cast<int>(max64(0, min64(p.U, H - j0)));
+  const int q0 = PROJ ? blockIdx.x * p.Q : j0;
+  const int nq = PROJ ? static_cast<int>(max64(0, min64(p.Q, P - q0))) : nu;
+  const int Qp = static_cast<int>(round_up(p.Q, 4)), Up = static_cast<int>(round_up(p.U, 4));
+
+  T* WT = reinterpret_cast<T*>(smem);                  // [Qp][K4]: row q = W_hh[:, q0+q]
+  T* WrT = WT + static_cast<int64_t>(Qp) * p.K4;       // [Up][Kp]: row u = W_hr[:, j0+u]
+  unsigned char* tile = reinterpret_cast<unsigned char*>(WrT + (PROJ ? Up * p.Kp : 0));
+  float* dcs = reinterpret_cast<float*>(tile + p.tile_bytes);                  // [max_bs][U]
+  float* dhs = reinterpret_cast<float*>(tile + p.tile_bytes + p.state_bytes);  // [max_bs][U]
+
+  const T* w_hh = static_cast<const T*>(a.w_hh);
+  const T* w_hr = static_cast<const T*>(a.w_hr);
+  const T* grad_y = static_cast<const T*>(a.grad_y);
+  const T* grad_hn = static_cast<const T*>(a.grad_hn);
+  const T* grad_cn = static_cast<const T*>(a.grad_cn);
+  const T* h0 = static_cast<const T*>(a.h0);
+  const T* y = static_cast<const T*>(a.y);
+  T* h_prev = static_cast<T*>(a.h_prev);
+  T* dh0 = static_cast<T*>(a.dh0);
+  T* dc0 = static_cast<T*>(a.dc0);
+
+  // Transposed weight slices: strided reads, once per launch.
+  for (int64_t i = threadIdx.x; i < static_cast<int64_t>(Qp) * p.K4; i += kThreads) {
+    const int64_t q = i / p.K4, k = i % p.K4;
+    WT[i] = (q < nq && k < H4) ? w_hh[k * P + q0 + q] : T();
+  }
+  if (PROJ) {
+    for (int64_t i = threadIdx.x; i < static_cast<int64_t>(Up) * p.Kp; i += kThreads) {
+      const int64_t u = i / p.Kp, k = i % p.Kp;
+      WrT[i] = (u < nu && k < P) ? w_hr[k * H + j0 + u] : T();
+    }
+  }
+  for (int64_t i = threadIdx.x; i < a.max_bs * p.U; i += kThreads) {
+    const int64_t b = i / p.U;
+    const int u = static_cast<int>(i % p.U);
+    dcs[i] = u < nu ? to_f(grad_cn[b * H + j0 + u]) : 0.f;
+  }
+  // Rows that never run: their gradients pass straight through.
+  for (int64_t i = threadIdx.x; i < (a.B - a.max_bs) * nu; i += kThreads) {
+    const int64_t b = a.max_bs + i / nu, j = j0 + i % nu;
+    dc0[b * H + j] = grad_cn[b * H + j];
+  }
+  for (int64_t i = threadIdx.x; i < (a.B - a.max_bs) * nq; i += kThreads) {
+    const int64_t b = a.max_bs + i / nq, q = q0 + i % nq;
+    dh0[b * P + q] = grad_hn[b * P + q];
+  }
+  __syncthreads();
+
+  const Steps st{a.T, a.B, a.offsets, !a.reverse};
+  for (int64_t s = 0; s <= a.T; ++s) {
+    const int64_t bs = st.bs(s), pbs = st.bs(s - 1), fbs = st.bs(s + 1);
+    const int64_t off = s < a.T ? st.off(s) : 0;
+    const int64_t poff = s > 0 ? st.off(s - 1) : 0;
+    const int64_t foff = fbs > 0 ? st.off(s + 1) : 0;
+    const int64_t nrows = max64(bs, pbs);
+
+    // Phase A: dh of this block's columns.
+    float* At = reinterpret_cast<float*>(tile);
+    const int ngq = (nq + 3) / 4;
+    for (int64_t b0 = 0; b0 < nrows; b0 += p.BT) {
+      const int nb = static_cast<int>(min64(p.BT, nrows - b0));
+      __syncthreads();
+      for (int r = warp; r < p.BT; r += kWarps) {
+        const int64_t b = b0 + r;
+        const float* src = (r < nb && b < pbs) ? a.dgates + (poff + b) * H4 : nullptr;
+        stage_row(At + static_cast<int64_t>(r) * p.K4, src, static_cast<int>(H4), p.K4, lane);
+      }
+      __syncthreads();
+      const int ngroups = (nb + 3) / 4;
+      for (int item = warp; item < ngq * ngroups; item += kWarps) {
+        const int grp = item % ngq, ag = item / ngq;
+        float acc[16];
+#pragma unroll
+        for (int i = 0; i < 16; ++i) acc[i] = 0.f;
+        dot4x4(WT + static_cast<int64_t>(grp) * 4 * p.K4, p.K4,
+               At + static_cast<int64_t>(ag) * 4 * p.K4, p.K4, p.K4, lane, acc);
+        const float v = reduce16(acc, lane);
+        const int idx = (lane >> 1) & 15;
+        const int q = grp * 4 + (idx >> 2), a_row = ag * 4 + (idx & 3);
+        if ((lane & 1) == 0 && q < nq && a_row < nb) {
+          const int64_t b = b0 + a_row, qq = q0 + q;
+          const float rec = b < pbs ? v : to_f(grad_hn[b * P + qq]);
+          if (b < bs) {
+            const int64_t row = off + b;
+            const float dh = rec + to_f(grad_y[row * P + qq]);
+            if (PROJ) {
+              a.dh_out[row * P + qq] = dh;
+            } else {
+              dhs[b * p.U + q] = dh;
+            }
+            h_prev[row * P + qq] = b < fbs ? y[(foff + b) * P + qq] : h0[b * P + qq];
+          } else {
+            dh0[b * P + qq] = from_f<T>(rec);
+          }
+        }
+      }
+    }
+    if (s == a.T) break;
+
+    // Phase B: the cell gradient of this block's units.
+    if (PROJ) {
+      grid.sync();
+      float* Af = reinterpret_cast<float*>(tile);
+      const int ngu = (nu + 3) / 4;
+      for (int64_t b0 = 0; b0 < bs; b0 += p.BT) {
+        const int nb = static_cast<int>(min64(p.BT, bs - b0));
+        __syncthreads();
+        for (int r = warp; r < p.BT; r += kWarps) {
+          const float* src = r < nb ? a.dh_out + (off + b0 + r) * P : nullptr;
+          stage_row(Af + static_cast<int64_t>(r) * p.Kp, src, static_cast<int>(P), p.Kp, lane);
+        }
+        __syncthreads();
+        const int ngroups = (nb + 3) / 4;
+        for (int item = warp; item < ngu * ngroups; item += kWarps) {
+          const int grp = item % ngu, ag = item / ngu;
+          float acc[16];
+#pragma unroll
+          for (int i = 0; i < 16; ++i) acc[i] = 0.f;
+          dot4x4(WrT + static_cast<int64_t>(grp) * 4 * p.Kp, p.Kp,
+                 Af + static_cast<int64_t>(ag) * 4 * p.Kp, p.Kp, p.Kp, lane, acc);
+          const float v = reduce16(acc, lane);
+          const int idx = (lane >> 1) & 15;
+          const int u = grp * 4 + (idx >> 2), a_row = ag * 4 + (idx & 3);
+          if ((lane & 1) == 0 && u < nu && a_row < nb) {
+            cell_grad<T, PROJ>(a, st, s, j0 + u, b0 + a_row, u, p.U, v, dcs);
+          }
+        }
+      }
+    } else {
+      __syncthreads();
+      for (int64_t i = threadIdx.x; i < bs * nu; i += kThreads) {
+        const int64_t b = i / nu;
+        const int u = static_cast<int>(i % nu);
+        cell_grad<T, PROJ>(a, st, s, j0 + u, b, u, p.U, dhs[b * p.U + u], dcs);
+      }
+    }
+    grid.sync();
+  }
+
+  for (int64_t i = threadIdx.x; i < a.max_bs * p.U; i += kThreads) {
+    const int64_t b = i / p.U;
+    const int u = static_cast<int>(i % p.U);
+    if (u < nu) dc0[b * H + j0 + u] = from_f<T>(dcs[i]);
+  }
+}
+
+template <typename T, bool PROJ>
+BwdPlan make_plan(const BackwardArgs& a, int64_t max_batch) {
+  BwdPlan p;
+  const DeviceInfo d = device_info();
+  if (d.sms == 0 || a.max_bs > max_batch || a.H <= 0 || a.T <= 0) return p;
+  const int64_t sz = sizeof(T);
+  p.U = static_cast<int>((a.H + d.sms - 1) / d.sms);
+  const int64_t grid = (a.H + p.U - 1) / p.U;
+  p.Q = PROJ ? static_cast<int>((a.P + grid - 1) / grid) : p.U;
+  p.K4 = static_cast<int>(round_up(4 * a.H, kChunk));
+  p.Kp = static_cast<int>(round_up(a.P, kChunk));
+  p.state_bytes = round_up(a.max_bs * p.U * 4, 16);
+  const int64_t fixed = round_up(p.Q, 4) * p.K4 * sz + (PROJ ? round_up(p.U, 4) * p.Kp * sz : 0) +
+                        2 * p.state_bytes;
+  for (int bt = static_cast<int>(std::min<int64_t>(32, round_up(a.max_bs, 4))); bt >= 4; bt -= 4) {
+    const int64_t tile = round_up(std::max<int64_t>(bt * p.K4 * 4, PROJ ? bt * p.Kp * 4 : 0), 16);
+    if (fixed + tile <= d.smem_optin) {
+      p.BT = bt;
+      p.tile_bytes = tile;
+      p.smem = fixed + tile;
+      break;
+    }
+  }
+  if (p.BT == 0) return p;
+  if (!fits_cooperative(reinterpret_cast<const void*>(backward_kernel<T, PROJ>),
+                        static_cast<int>(grid), static_cast<size_t>(p.smem))) {
+    return p;
+  }
+  p.grid = static_cast<int>(grid);
+  return p;
+}
+
+template <typename T, bool PROJ>
+int launch(const BackwardArgs& a, cudaStream_t stream) {
+  const BwdPlan p = make_plan<T, PROJ>(a, INT64_MAX);
+  if (p.grid == 0) return static_cast<int>(cudaErrorInvalidConfiguration);
+  BackwardArgs args = a;
+  BwdPlan plan = p;
+  void* params[] = {&args, &plan};
+  return static_cast<int>(cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(backward_kernel<T, PROJ>), dim3(p.grid), dim3(kThreads),
+      params, static_cast<size_t>(p.smem), stream));
+}
+
+template <typename T>
+int plan_grid(const BackwardArgs& a, int64_t max_batch) {
+  return a.w_hr ? make_plan<T, true>(a, max_batch).grid : make_plan<T, false>(a, max_batch).grid;
+}
+
+template <typename T>
+int launch_any(const BackwardArgs& a, cudaStream_t stream) {
+  return a.w_hr ? launch<T, true>(a, stream) : launch<T, false>(a, stream);
+}
+
+}  // namespace
+
+int backward_persistent_plan(const BackwardArgs& a, Scalar s, int64_t max_batch) {
+  switch (s) {
+    case Scalar::kFloat32: return plan_grid<float>(a, max_batch);
+    case Scalar::kFloat16: return plan_grid<__half>(a, max_batch);
+    case Scalar::kBFloat16: return plan_grid<__nv_bfloat16>(a, max_batch);
+    default: return 0;
+  }
+}
+
+int backward_persistent(const BackwardArgs& a, Scalar s, cudaStream_t stream) {
+  switch (s) {
+    case Scalar::kFloat32: return launch_any<float>(a, stream);
+    case Scalar::kFloat16: return launch_any<__half>(a, stream);
+    case Scalar::kBFloat16: return launch_any<__nv_bfloat16>(a, stream);
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+}
+
+}  // namespace cuda
+}  // namespace lstm_fused

@@ -1,0 +1,225 @@
+// Device helpers shared by the CUDA kernels: dtype conversion, 4-wide shared-memory loads, the
+// 4x4 warp dot-product tile and its reduction, step/row indexing, row staging.
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "lstm_cuda.h"
+
+namespace lstm_fused {
+namespace cuda {
+
+constexpr int kThreads = 256;  // threads per block of the persistent kernels
+constexpr int kWarps = kThreads / 32;
+constexpr int kChunk = 128;    // k per warp iteration (32 lanes x 4); K is padded to it
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ double to_f(double v) { return v; }
+
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Four consecutive elements from shared memory as floats (p aligned to 4 elements).
+__device__ __forceinline__ float4 load4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float4 load4(const __half* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
+
+// acc[w*4 + a] += sum over k of W[w][k] * A[a][k] for the 4 W rows and 4 A rows given, k in
+// [0, K) with K a multiple of kChunk; lane l covers k = 4l..4l+3 of each chunk.
+template <typename WT, typename AT>
+__device__ __forceinline__ void dot4x4(const WT* __restrict__ W, int ldw,
+                                       const AT* __restrict__ A, int lda, int K, int lane,
+                                       float acc[16]) {
+#pragma unroll 2
+  for (int k = lane * 4; k < K; k += kChunk) {
+    float4 w[4], x[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) w[r] = load4(W + r * ldw + k);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) x[r] = load4(A + r * lda + k);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        float s = acc[r * 4 + a];
+        s = fmaf(w[r].x, x[a].x, s);
+        s = fmaf(w[r].y, x[a].y, s);
+        s = fmaf(w[r].z, x[a].z, s);
+        s = fmaf(w[r].w, x[a].w, s);
+        acc[r * 4 + a] = s;
+      }
+    }
+  }
+}
+
+// Sums each of the 16 values over the warp; lane l ends with the total of index (l >> 1) & 15
+// (a transpose-reduce: 15 shuffles instead of 80).
+__device__ __forceinline__ float reduce16(float v[16], int lane) {
+  constexpr unsigned kFull = 0xffffffffu;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const bool up = lane & 16;
+    const float send = up ? v[i] : v[i + 8];
+    const float keep = up ? v[i + 8] : v[i];
+    v[i] = keep + __shfl_xor_sync(kFull, send, 16);
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const bool up = lane & 8;
+    const float send = up ? v[i] : v[i + 4];
+    const float keep = up ? v[i + 4] : v[i];
+    v[i] = keep + __shfl_xor_sync(kFull, send, 8);
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const bool up = lane & 4;
+    const float send = up ? v[i] : v[i + 2];
+    const float keep = up ? v[i + 2] : v[i];
+    v[i] = keep + __shfl_xor_sync(kFull, send, 4);
+  }
+  {
+    const bool up = lane & 2;
+    const float send = up ? v[0] : v[1];
+    const float keep = up ? v[1] : v[0];
+    v[0] = keep + __shfl_xor_sync(kFull, send, 2);
+  }
+  return v[0] + __shfl_xor_sync(kFull, v[0], 1);
+}
+
+// Row bookkeeping of one visited step.
+struct Steps {
+  int64_t T, B;
+  const int64_t* offsets;
+  bool backwards_in_time;  // visit t = T-1 .. 0
+
+  __device__ __forceinline__ int64_t time_of(int64_t s) const {
+    return backwards_in_time ? T - 1 - s : s;
+  }
+  __device__ __forceinline__ int64_t off(int64_t s) const {
+    const int64_t t = time_of(s);
+    return offsets ? offsets[t] : t * B;
+  }
+  // active rows of visited step s; 0 outside [0, T)
+  __device__ __forceinline__ int64_t bs(int64_t s) const {
+    if (s < 0 || s >= T) return 0;
+    const int64_t t = time_of(s);
+    return offsets ? offsets[t + 1] - offsets[t] : B;
+  }
+};
+
+// Loads through L2 only: data written by other blocks of the same launch must not come from a
+// stale L1 line (L1 is not coherent across SMs).
+template <typename T>
+__device__ __forceinline__ T ld_cg(const T* p) {
+  static_assert(sizeof(T) == 2 || sizeof(T) == 4, "ld_cg: 2- or 4-byte types");
+  if constexpr (sizeof(T) == 2) {
+    const unsigned short u = __ldcg(reinterpret_cast<const unsigned short*>(p));
+    return *reinterpret_cast<const T*>(&u);
+  } else {
+    const unsigned int u = __ldcg(reinterpret_cast<const unsigned int*>(p));
+    return *reinterpret_cast<const T*>(&u);
+  }
+}
+
+// Copies `elems` elements of type T from global `src` (or zeros when src is null) into shared
+// `dst`, then zeros dst up to `padded` elements. Called by one warp.
+template <typename T>
+__device__ __forceinline__ void stage_row(T* __restrict__ dst, const T* __restrict__ src,
+                                          int elems, int padded, int lane) {
+  constexpr int kVec = 16 / sizeof(T);
+  int done = 0;
+  if (src != nullptr) {
+    if ((reinterpret_cast<uintptr_t>(src) & 15) == 0) {
+      const int nvec = elems / kVec;
+      const uint4* s4 = reinterpret_cast<const uint4*>(src);
+      uint4* d4 = reinterpret_cast<uint4*>(dst);
+      for (int i = lane; i < nvec; i += 32) d4[i] = __ldcg(s4 + i);
+      done = nvec * kVec;
+    }
+    for (int i = done + lane; i < elems; i += 32) dst[i] = ld_cg(src + i);
+    done = elems;
+  }
+  for (int i = done + lane; i < padded; i += 32) dst[i] = T();
+}
+
+// The adapter's Scalar enum as a device type.
+template <Scalar S> struct ScalarType;
+template <> struct ScalarType<Scalar::kFloat32> { using type = float; };
+template <> struct ScalarType<Scalar::kFloat16> { using type = __half; };
+template <> struct ScalarType<Scalar::kBFloat16> { using type = __nv_bfloat16; };
+
+__host__ __device__ constexpr int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ constexpr int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+__host__ __device__ constexpr int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+}  // namespace cuda
+}  // namespace lstm_fused
+
+namespace lstm_fused {
+namespace cuda {
+
+// Multiprocessors and opt-in shared memory per block of the current device (cached per device).
+struct DeviceInfo {
+  int sms = 0;
+  int smem_optin = 0;
+};
+inline DeviceInfo device_info() {
+  static DeviceInfo cache[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return DeviceInfo{};
+  DeviceInfo& d = cache[dev];
+  if (d.sms == 0) {
+    int sms = 0, smem = 0, coop = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
+    d.smem_optin = coop ? smem : 0;
+    d.sms = coop ? sms : 0;
+  }
+  return d;
+}
+
+// Whether `grid` blocks of `kernel` with `smem` bytes can all be resident at once.
+inline bool fits_cooperative(const void* kernel, int grid, size_t smem) {
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem)) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) !=
+      cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return per_sm > 0 && grid <= per_sm * device_info().sms;
+}
+
+}  // namespace cuda
+}  // namespace lstm_fused
