@@ -1,0 +1,218 @@
+"""The benchmark cases: one record per timed configuration, and the grids that list them.
+
+CPU rows come from issue 3 (the CPU target table), GPU rows from issue 4 (item 5: the GPU grid).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed configuration. Input is time-major [T, B, I] (batch_first=False) unless packed."""
+
+    B: int
+    T: int
+    I: int
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+    proj: int = 0
+    dtype: str = "float32"
+    training: bool = False
+    # Packed input: one length per sequence (len == B, each <= T); None for dense input.
+    lengths: Optional[tuple[int, ...]] = None
+    # > 0: time a loop of this many one-step calls (T must be 1) with (h, c) carried between calls.
+    stream_calls: int = 0
+    # CPU: torch.set_num_threads for this case; None keeps torch's default.
+    threads: Optional[int] = None
+    # The target from the issue this row comes from ("" when the row is only part of a spread).
+    target: str = ""
+    # GPU: also time FlashRNN (when importable) on this case.
+    flashrnn: bool = False
+    # Also time lstm_fused.reference (pure-PyTorch time loop) as a baseline: tiny cases only.
+    reference: bool = False
+
+    @property
+    def kind(self) -> str:
+        if self.stream_calls:
+            return "stream"
+        if self.lengths is not None:
+            return "packed"
+        return "dense"
+
+    @property
+    def P(self) -> int:
+        """Output (projected) hidden size."""
+        return self.proj or self.H
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def rows(self) -> int:
+        """Active (t, b) rows per layer and direction: T*B dense, sum(lengths) packed, calls*B streaming."""
+        if self.lengths is not None:
+            return sum(self.lengths)
+        if self.stream_calls:
+            return self.stream_calls * self.B
+        return self.T * self.B
+
+    @property
+    def label(self) -> str:
+        parts = [self.kind]
+        if self.stream_calls:
+            parts.append(f"{self.stream_calls}x1step")
+        parts.append(f"B{self.B}")
+        if self.lengths is not None:
+            parts.append(f"len{min(self.lengths)}-{max(self.lengths)}")
+        elif not self.stream_calls:
+            parts.append(f"T{self.T}")
+        parts += [f"I{self.I}", f"H{self.H}"]
+        if self.proj:
+            parts.append(f"P{self.proj}")
+        if self.layers > 1:
+            parts.append(f"L{self.layers}")
+        if self.bidirectional:
+            parts.append("bi")
+        parts.append(DTYPE_SHORT.get(self.dtype, self.dtype))
+        parts.append("train" if self.training else "infer")
+        return " ".join(parts)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lengths"] = list(self.lengths) if self.lengths is not None else None
+        d.update(label=self.label, kind=self.kind, rows=self.rows)
+        return d
+
+
+def packed_lengths(batch: int, lo: int, hi: int, seed: int = 0) -> tuple[int, ...]:
+    """Lengths evenly spread over [lo, hi], shuffled (so the unsorted PackedSequence path runs too)."""
+    if batch == 1:
+        return (hi,)
+    lengths = [round(hi - (hi - lo) * i / (batch - 1)) for i in range(batch)]
+    random.Random(seed).shuffle(lengths)
+    return tuple(lengths)
+
+
+# ----------------------------------------------------------------------------------------- CPU
+def cpu_target_rows() -> list[Case]:
+    """Every row of issue 3's target table, in its order."""
+    return [
+        Case(B=1, T=256, I=128, H=128, target=">=2x", reference=True),
+        Case(B=1, T=1, I=64, H=128, stream_calls=200, target=">=5x"),
+        Case(B=32, T=100, I=256, H=256, lengths=packed_lengths(32, 30, 100), target=">=2x"),
+        Case(B=16, T=100, I=256, H=256, proj=128, target=">=2x"),
+        Case(B=8, T=100, I=256, H=256, layers=2, bidirectional=True, target=">=1.2x"),
+        Case(B=32, T=100, I=256, H=256, target=">=0.9x"),
+        Case(B=32, T=100, I=256, H=256, training=True, target=">=1.0x"),
+        Case(B=32, T=100, I=256, H=256, dtype="bfloat16", target=">=0.9x"),
+    ]
+
+
+def cpu_spread() -> list[Case]:
+    """A small spread of other shapes (the 'no shape more than 1.5x slower' rule), cheap on 2 cores."""
+    return [
+        Case(B=1, T=1, I=256, H=256),
+        Case(B=4, T=64, I=64, H=64),
+        Case(B=8, T=128, I=512, H=512),
+        Case(B=64, T=50, I=128, H=128),
+        Case(B=128, T=32, I=256, H=256),
+        Case(B=4, T=256, I=32, H=32, training=True),
+        Case(B=8, T=64, I=512, H=512, training=True),
+        Case(B=16, T=32, I=256, H=256, proj=64, lengths=packed_lengths(16, 8, 32), training=True),
+    ]
+
+
+def with_threads(cases: list[Case], thread_counts: list[Optional[int]]) -> list[Case]:
+    return [dataclasses.replace(c, threads=t) for t in thread_counts for c in cases]
+
+
+def cpu_default(thread_counts: list[Optional[int]]) -> list[Case]:
+    return with_threads(cpu_target_rows() + cpu_spread(), thread_counts)
+
+
+def cpu_quick() -> list[Case]:
+    """Tiny cases for a smoke test (< 60 s on 2 cores with everything else)."""
+    return [
+        Case(B=1, T=32, I=32, H=32, reference=True),
+        Case(B=1, T=1, I=16, H=32, stream_calls=20),
+        Case(B=4, T=16, I=32, H=32, lengths=packed_lengths(4, 5, 16)),
+        Case(B=4, T=16, I=32, H=48, proj=16),
+        Case(B=2, T=16, I=32, H=32, layers=2, bidirectional=True),
+        Case(B=4, T=16, I=32, H=32, training=True),
+        Case(B=4, T=16, I=32, H=32, dtype="bfloat16"),
+    ]
+
+
+def cpu_full(thread_counts: list[Optional[int]]) -> list[Case]:
+    """The default rows plus the wide grid (B 1..128, H 32..1024, T 1..1024, inference and training)."""
+    wide = [
+        Case(B=b, T=t, I=h, H=h, training=tr)
+        for tr, b, h, t in itertools.product(
+            (False, True), (1, 8, 32, 128), (32, 128, 512, 1024), (1, 32, 256, 1024)
+        )
+    ]
+    return cpu_default(thread_counts) + with_threads(wide, thread_counts[:1])
+
+
+# ----------------------------------------------------------------------------------------- GPU
+GPU_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _gpu_grid(bs, hs, ts, dtypes=GPU_DTYPES, modes=(False, True)) -> list[Case]:
+    return [
+        Case(B=b, T=t, I=h, H=h, dtype=dt, training=tr)
+        for dt, tr, h, b, t in itertools.product(dtypes, modes, hs, bs, ts)
+    ]
+
+
+def _gpu_extras() -> list[Case]:
+    """Single-step latency, the options (packed, proj, bidirectional) and FlashRNN's comparison points."""
+    latency = [Case(B=16, T=1, I=h, H=h, dtype=dt) for dt in GPU_DTYPES for h in (256, 512, 1024)]
+    options = [
+        Case(B=1, T=1, I=256, H=256, stream_calls=200),
+        Case(B=32, T=100, I=256, H=256, lengths=packed_lengths(32, 30, 100)),
+        Case(B=32, T=100, I=256, H=256, lengths=packed_lengths(32, 30, 100), training=True),
+        Case(B=16, T=256, I=1024, H=1024, proj=256, dtype="bfloat16"),
+        Case(B=8, T=256, I=512, H=512, layers=2, bidirectional=True, dtype="float16"),
+        Case(B=8, T=256, I=512, H=512, layers=2, bidirectional=True, dtype="float16", training=True),
+    ]
+    # FlashRNN JIT-compiles one CUDA module per (B, H, dtype): keep its default points few.
+    flash = [
+        Case(B=16, T=1024, I=768, H=768, dtype=dt, training=tr, flashrnn=True)
+        for dt in ("float16", "bfloat16")
+        for tr in (False, True)
+    ]
+    return latency + options + flash
+
+
+def gpu_default() -> list[Case]:
+    """Representative subset of issue 4's grid, about 5 minutes on an H100."""
+    grid = _gpu_grid(bs=(1, 8, 32), hs=(256, 512, 1024), ts=(1, 1024))
+    others = _gpu_grid(bs=(128, 512), hs=(512,), ts=(128,), dtypes=("bfloat16",))
+    others += _gpu_grid(bs=(8,), hs=(128, 768, 2048), ts=(128,), dtypes=("bfloat16",))
+    return grid + others + _gpu_extras()
+
+
+def gpu_full() -> list[Case]:
+    """All of issue 4's grid: B {1,8,32,128,512} x H {128..2048} x T {1,128,1024} x dtypes x modes."""
+    grid = _gpu_grid(bs=(1, 8, 32, 128, 512), hs=(128, 256, 512, 768, 1024, 2048), ts=(1, 128, 1024))
+    flash_grid = [dataclasses.replace(c, flashrnn=True) for c in grid if c.dtype != "float32" and c.T > 1]
+    keep = [c for c in grid if not (c.dtype != "float32" and c.T > 1)]
+    return keep + flash_grid + _gpu_extras()
+
+
+def gpu_quick() -> list[Case]:
+    return [
+        Case(B=8, T=64, I=256, H=256),
+        Case(B=8, T=64, I=256, H=256, dtype="bfloat16", training=True),
+        Case(B=4, T=1, I=128, H=128, dtype="float16"),
+    ]

@@ -1,0 +1,66 @@
+"""What ran the benchmark: machine and versions, for the JSON."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import torch
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def describe(device: torch.device) -> tuple[dict, dict]:
+    """(machine, versions)."""
+    machine = {
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_default_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "platform": platform.platform(),
+        "load_average_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        machine.update(gpu_name=p.name, gpu_sms=p.multi_processor_count,
+                       gpu_memory_gib=round(p.total_memory / 2**30, 1),
+                       gpu_capability=f"{p.major}.{p.minor}")
+    import lstm_fused
+
+    versions = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "lstm_fused": getattr(lstm_fused, "__version__", None),
+        "lstm_fused_commit": _git_commit(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "onednn": torch.backends.mkldnn.is_available(),
+    }
+    try:
+        import flashrnn  # noqa: F401
+        from importlib.metadata import version
+
+        versions["flashrnn"] = version("flashrnn")
+    except Exception as e:
+        versions["flashrnn"] = f"not available ({type(e).__name__})"
+    return machine, versions

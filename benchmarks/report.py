@@ -1,0 +1,160 @@
+"""Per-case results, the progress line, the final table, the JSON file and the PNG plot."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Optional
+
+from . import perf_model
+from .cases import Case
+from .contenders import FLASHRNN, OURS, TORCH, Contenders
+from .timing import Timings
+
+
+def case_result(case: Case, key: str, timings: Optional[Timings], cont: Optional[Contenders],
+                ceilings: dict, error: Optional[str] = None) -> dict:
+    """Everything about one case for the JSON: shape/options, raw times, rates, % of ceilings."""
+    res = {
+        "case": case.to_json(),
+        "ceiling_key": key,
+        "flops": perf_model.flops(case),
+        "bytes_fused": perf_model.bytes_moved(case)[0],
+        "bytes_unfused": perf_model.bytes_moved(case)[1],
+        "contenders": {},
+        "skipped": dict(cont.skipped) if cont else {},
+        "notes": dict(cont.notes) if cont else {},
+        "error": error,
+    }
+    if timings is None:
+        return res
+    ceil = ceilings.get(key, {})
+    gemm = ceil.get("gemm_gflops", {}).get(case.dtype)
+    copy = ceil.get("copy_gbps")
+    for name, samples in timings.per_call_s.items():
+        med = timings.median(name)
+        r = perf_model.rates(case, med)
+        r.update(
+            median_ms=med * 1e3,
+            per_call_ms=[s * 1e3 for s in samples],
+            inner=timings.inner[name],
+            pct_gemm=100.0 * r["gflops"] / gemm if gemm else None,
+            pct_copy=100.0 * r["gbps"] / copy if copy else None,
+        )
+        res["contenders"][name] = r
+    c = res["contenders"]
+    if OURS in c and TORCH in c:
+        res["speedup"] = c[TORCH]["median_ms"] / c[OURS]["median_ms"]
+    if FLASHRNN in c and TORCH in c:
+        res["speedup_flashrnn_over_nn.LSTM"] = c[TORCH]["median_ms"] / c[FLASHRNN]["median_ms"]
+    if FLASHRNN in c and OURS in c:
+        res["speedup_over_flashrnn"] = c[FLASHRNN]["median_ms"] / c[OURS]["median_ms"]
+    return res
+
+
+def _threads(res: dict) -> str:
+    t = res["ceiling_key"]
+    return t.split("=", 1)[1] if "=" in t else t
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def progress_line(i: int, n: int, res: dict) -> str:
+    head = f"[{i:3d}/{n}] {res['case']['label']:52s} thr {_threads(res):>4s}"
+    if res["error"]:
+        return f"{head}  ERROR {res['error']}"
+    c = res["contenders"]
+    parts = [f"{name} {v['median_ms']:9.3f} ms" for name, v in c.items()]
+    line = f"{head}  " + "  ".join(parts)
+    if "speedup" in res:
+        line += f"  speedup {res['speedup']:.2f}x"
+    if OURS in c:
+        line += f"  {c[OURS]['gflops']:.1f} GFLOP/s ({_fmt(c[OURS]['pct_gemm'], '.0f')}%)"
+    for name, why in res["skipped"].items():
+        line += f"\n        {name} not run: {why}"
+    return line
+
+
+def table(results: list[dict]) -> str:
+    has_flash = any(FLASHRNN in r["contenders"] for r in results)
+    cols = ["case", "thr", "ms ours", "ms torch", "speedup"]
+    if has_flash:
+        cols += ["ms flashrnn"]
+    cols += ["GFLOP/s", "%gemm", "GB/s", "%copy", "GB/s unf", "target"]
+    rows = []
+    for r in results:
+        c, o = r["contenders"], r["contenders"].get(OURS, {})
+        row = [r["case"]["label"], _threads(r),
+               _fmt(o.get("median_ms"), ".3f"),
+               _fmt(c.get(TORCH, {}).get("median_ms"), ".3f"),
+               _fmt(r.get("speedup"), ".2f") + ("x" if "speedup" in r else "")]
+        if r["error"]:
+            row[2] = "ERROR"
+        if has_flash:
+            row.append(_fmt(c.get(FLASHRNN, {}).get("median_ms"), ".3f"))
+        row += [_fmt(o.get("gflops"), ".1f"), _fmt(o.get("pct_gemm"), ".0f"),
+                _fmt(o.get("gbps"), ".1f"), _fmt(o.get("pct_copy"), ".0f"),
+                _fmt(o.get("gbps_unfused"), ".1f"), r["case"]["target"] or ""]
+        rows.append(row)
+    widths = [max(len(cols[i]), *(len(row[i]) for row in rows)) if rows else len(cols[i])
+              for i in range(len(cols))]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(cols, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                               for i, (v, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def write_json(path: str, payload: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+
+
+def plot(path: str, results: list[dict], title: str) -> Optional[str]:
+    """Bar chart of speedup per case; returns a message instead when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return "matplotlib not installed: no plot (pip install matplotlib; benchmark-only dependency)"
+    done = [r for r in results if "speedup" in r]
+    if not done:
+        return "no case has a speedup: no plot"
+    labels = [f"{r['case']['label']} [thr {_threads(r)}]" if r["ceiling_key"] != "cuda"
+              else r["case"]["label"] for r in done]
+    ours = [r["speedup"] for r in done]
+    flash = [r.get("speedup_flashrnn_over_nn.LSTM") for r in done]
+    has_flash = any(v is not None for v in flash)
+    n = len(done)
+    fig, ax = plt.subplots(figsize=(10, 0.26 * n + 1.6))
+    ys = list(range(n))
+    h = 0.4 if has_flash else 0.7
+    colors = ["tab:green" if s >= 1.0 else "tab:red" for s in ours]
+    ax.barh([y - (h / 2 if has_flash else 0) for y in ys], ours, height=h, color=colors,
+            label="lstm_fused vs nn.LSTM")
+    if has_flash:
+        ax.barh([y + h / 2 for y in ys], [v or 0 for v in flash], height=h, color="tab:blue",
+                label="FlashRNN vs nn.LSTM")
+    for y, v in zip(ys, ours):
+        ax.text(v, y - (h / 2 if has_flash else 0), f" {v:.2f}x", va="center", fontsize=6)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x")
+    ax.xaxis.set_major_formatter(fmt)
+    ax.xaxis.set_minor_formatter(fmt)
+    ax.tick_params(axis="x", which="both", labelsize=7)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("speedup = t(nn.LSTM) / t(contender)   (log scale; >1 is faster)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One command for a new user on a fresh machine: installs what is missing, builds lstm_fused if
+# needed, then runs the benchmark suite. Arguments go to `python3 -m benchmarks.run`, e.g.
+#   bash benchmarks/run.sh                 # default grid (CPU: a few minutes on 2 cores)
+#   bash benchmarks/run.sh --quick         # smoke test
+#   bash benchmarks/run.sh --full          # the wide grid (long)
+#   bash benchmarks/run.sh --device cuda   # GPU grid against cuDNN (and FlashRNN if installed)
+# matplotlib is a benchmark-only dependency (for the PNG plot); the package itself does not need it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    "$PY" -m pip install torch==2.13.0
+fi
+missing=()
+for mod in numpy ninja pybind11 matplotlib; do
+    "$PY" -c "import $mod" 2>/dev/null || missing+=("$mod")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    "$PY" -m pip install "${missing[@]}"
+fi
+if ! "$PY" -c "import lstm_fused._C" 2>/dev/null; then
+    "$PY" -m pip install --no-build-isolation -e .
+fi
+exec "$PY" -m benchmarks.run "$@"

@@ -1,0 +1,86 @@
+"""Interleaved, synchronized timing of several contenders on one case.
+
+Each contender is a zero-argument callable doing one timed unit (one forward, one forward+backward,
+or a whole streaming loop). After a warm-up, every repetition times each contender once, in an
+order that alternates between repetitions (so drifts in clock speed or cache state hit all alike).
+A sample is `inner` back-to-back calls (enough to last `min_sample_s`) divided by `inner`; the
+number of repetitions is capped by a time budget. On CUDA a sample is bracketed by CUDA events
+after a synchronize; on the CPU by time.perf_counter. Never unsynchronized.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class TimingConfig:
+    budget_s: float = 2.0  # time for all timed repetitions of all contenders of one case
+    warmup_s: float = 0.2  # extra warm-up time per contender, after the first two calls
+    min_reps: int = 5
+    max_reps: int = 50
+    min_sample_s: float = 2e-3  # a sample lasts at least this long (short calls are batched)
+
+
+@dataclass
+class Timings:
+    per_call_s: dict[str, list[float]] = field(default_factory=dict)  # every repetition
+    inner: dict[str, int] = field(default_factory=dict)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.per_call_s[name])
+
+    def best(self, name: str) -> float:
+        return min(self.per_call_s[name])
+
+
+class _Clock:
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+
+    def time(self, fn: Callable[[], object], inner: int) -> float:
+        """Seconds for `inner` back-to-back calls of fn, all work finished."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.start.record()
+            for _ in range(inner):
+                fn()
+            self.end.record()
+            self.end.synchronize()
+            return self.start.elapsed_time(self.end) / 1e3
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return time.perf_counter() - t0
+
+
+def measure(fns: dict[str, Callable[[], object]], device: torch.device, cfg: TimingConfig) -> Timings:
+    clock = _Clock(device)
+    names = list(fns)
+    estimate = {}
+    for name in names:
+        fn = fns[name]
+        clock.time(fn, 1)  # first call: lazy init, packing, JIT compiles
+        t = clock.time(fn, 1)
+        calls = max(1, min(int(cfg.warmup_s / max(t, 1e-9)), 200))
+        t = clock.time(fn, calls) / calls
+        estimate[name] = max(t, 1e-9)
+
+    inner = {n: max(1, math.ceil(cfg.min_sample_s / estimate[n])) for n in names}
+    per_round = sum(inner[n] * estimate[n] for n in names)
+    reps = int(min(max(cfg.budget_s / per_round, cfg.min_reps), cfg.max_reps))
+
+    out = Timings(per_call_s={n: [] for n in names}, inner=inner)
+    for r in range(reps):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            out.per_call_s[name].append(clock.time(fns[name], inner[name]) / inner[name])
+    return out
