@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One command for a GPU machine with no network: build lstm_fused with CUDA, run the GPU tests,
+# then the GPU benchmark suite (against cuDNN, and FlashRNN when its wheel is in .whl/).
+#   bash benchmarks/gpu_session.sh
+# Environment:
+#   OUT=DIR                 logs, JSON and PNG go here (default .gpu_out/)
+#   BENCH=default|quick|full|none   which benchmark grid (default: default)
+#   TESTS="pytest args"     extra arguments for pytest on tests/test_cuda.py (e.g. "-x -k parity")
+#   CPU_TESTS=1             also run the CPU op tests (tests/test_ops.py)
+#   LSTM_FUSED_CUDA_ARCHS   archs to build for (default 90 here: one arch builds faster)
+# Exit code: non-zero when the build, a test or the benchmark failed.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT=${OUT:-.gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+status=0
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  echo "== installing wheels from .whl/ into /tmp/site"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.txt"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" \
+  2>&1 | tee "$OUT/env.txt"
+
+echo "== build"
+start=$(date +%s)
+if ! LSTM_FUSED_CUDA_ARCHS=${LSTM_FUSED_CUDA_ARCHS:-90} "$PY" -m pip install --no-build-isolation \
+    --no-deps -e . >"$OUT/build.log" 2>&1; then
+  tail -n 80 "$OUT/build.log"
+  echo "== BUILD FAILED"
+  exit 1
+fi
+echo "build: $(( $(date +%s) - start )) s"
+grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | head -40
+"$PY" -c "import lstm_fused; assert lstm_fused.built_with_cuda(), 'built without CUDA'; print('lstm_fused built with CUDA')" \
+  || exit 1
+
+echo "== GPU tests"
+# shellcheck disable=SC2086
+"$PY" -m pytest -q -rfE tests/test_cuda.py ${TESTS:-} 2>&1 | tee "$OUT/test_cuda.log" | tail -n 60
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "== GPU TESTS FAILED"; status=1; }
+
+if [ "${CPU_TESTS:-0}" = 1 ]; then
+  echo "== CPU op tests"
+  "$PY" -m pytest -q tests/test_ops.py 2>&1 | tee "$OUT/test_cpu.log" | tail -n 20
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+BENCH=${BENCH:-default}
+if [ "$BENCH" != none ]; then
+  if [ -f benchmarks/run.py ]; then
+    echo "== GPU benchmarks ($BENCH)"
+    flag=()
+    [ "$BENCH" = quick ] && flag=(--quick)
+    [ "$BENCH" = full ] && flag=(--full)
+    "$PY" -m benchmarks.run --device cuda "${flag[@]}" --out "$OUT" 2>&1 | tee "$OUT/bench.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "== BENCHMARK FAILED"; status=1; }
+  else
+    echo "== benchmarks/run.py is not there yet: skipping the benchmarks"
+  fi
+fi
+exit $status
