@@ -29,13 +29,16 @@ nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.txt"
 
 echo "== build"
 start=$(date +%s)
-if ! LSTM_FUSED_CUDA_ARCHS=${LSTM_FUSED_CUDA_ARCHS:-90} "$PY" -m pip install --no-build-isolation \
-    --no-deps -e . >"$OUT/build.log" 2>&1; then
+# In place rather than `pip install -e .`: with no network, pip's editable path (setup.py develop)
+# tries to fetch setuptools into an isolated build environment and fails.
+if ! LSTM_FUSED_CUDA_ARCHS=${LSTM_FUSED_CUDA_ARCHS:-90} "$PY" setup.py build_ext --inplace \
+    >"$OUT/build.log" 2>&1; then
   tail -n 80 "$OUT/build.log"
   echo "== BUILD FAILED"
   exit 1
 fi
 echo "build: $(( $(date +%s) - start )) s"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | head -40
 "$PY" -c "import lstm_fused; assert lstm_fused.built_with_cuda(), 'built without CUDA'; print('lstm_fused built with CUDA')" \
   || exit 1

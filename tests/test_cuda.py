@@ -328,20 +328,31 @@ def test_torch_compile_fullgraph():
 
 
 def test_long_sequence_100k():
-    """T = 100,000 steps: forward and backward against cuDNN in fp32."""
+    """T = 100,000 steps (cuDNN refuses that length): the forward against cuDNN run in chunks that
+    carry the state, the gradients against the per-step fallback path."""
     cfg = Cfg(T=100_000, B=2, I=4, H=16)
     ref, ours = make_models(cfg, torch.float32, 31)
     cudnn = nn.LSTM(**cfg.kwargs()).to(DEV, torch.float32)
     cudnn.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
     data = make_data(cfg, 32)
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        a = run(cudnn, cfg, data, torch.float32)
-    b = run(ours, cfg, data, torch.float32)
-    for k in a:
-        e = max_err(b[k], a[k])
-        scale = max(1.0, a[k].abs().max().item())
-        print(f"{k:20s} {e:.3e} scale {scale:.2e}")
-        assert e <= 1e-3 * scale, k
+    x = data["x"].to(DEV, torch.float32)
+    h, c = data["h0"].to(DEV, torch.float32), data["c0"].to(DEV, torch.float32)
+    outs = []
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        for t0 in range(0, cfg.T, 10_000):
+            y, (h, c) = cudnn(x[t0:t0 + 10_000], (h, c))
+            outs.append(y)
+    expected = {"out": torch.cat(outs), "h_n": h, "c_n": c}
+    with cuda_path("persistent"):
+        got = run(ours, cfg, data, torch.float32)
+    with cuda_path("fallback"):
+        fb = run(ours, cfg, data, torch.float32)
+    for k, e in list(expected.items()) + [(k, v) for k, v in fb.items() if k.startswith("grad")]:
+        err = max_err(got[k], e)
+        scale = max(1.0, e.abs().max().item())
+        print(f"{k:20s} {err:.3e} scale {scale:.2e}")
+        assert got[k].isfinite().all(), k
+        assert err <= 1e-3 * scale, k
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or
@@ -349,7 +360,7 @@ def test_long_sequence_100k():
                     reason="needs 40 GiB of GPU memory")
 def test_64bit_indexing():
     """T*B*4H > 2^31: the gate buffer's indices need 64 bits."""
-    T, B, I, H = 8192, 64, 8, 1024
+    T, B, I, H = 8200, 64, 8, 1024
     assert T * B * 4 * H > 2**31
     torch.manual_seed(0)
     cudnn = nn.LSTM(I, H).to(DEV, torch.float16)
