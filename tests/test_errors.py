@@ -1,0 +1,332 @@
+"""Bad input and edge cases get what torch.nn.LSTM gives them.
+
+Each case makes the same call on nn.LSTM and on lstm_fused.LSTM and compares the exception type and
+message (or the warning category and message); NaN/Inf, empty batches, zero-length sequences and
+non-contiguous tensors behave as in nn.LSTM.
+"""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_sequence
+
+import lstm_fused
+from utils import TOLERANCES, Config, assert_results_close, make_data, make_pair, report, run_model
+
+
+def raised(fn):
+    """Returns the exception fn raises; fails the test if it raises none."""
+    with pytest.raises(Exception) as info:
+        fn()
+    return info.value
+
+
+def assert_same_error(ref_fn, ours_fn, key_phrase=None):
+    """Same exception type and message; with key_phrase only type and phrase (see the caller)."""
+    ref_exc = raised(ref_fn)
+    ours_exc = raised(ours_fn)
+    print(f"nn.LSTM:      {type(ref_exc).__name__}: {ref_exc}")
+    print(f"lstm_fused:   {type(ours_exc).__name__}: {ours_exc}")
+    assert type(ours_exc) is type(ref_exc)
+    if key_phrase is None:
+        assert str(ours_exc) == str(ref_exc)
+    else:
+        assert key_phrase in str(ref_exc)
+        assert key_phrase.lower() in str(ours_exc).lower()
+
+
+# -- constructor -------------------------------------------------------------------------------
+
+BAD_CTOR_ARGS = {
+    "hidden_size_0": dict(input_size=4, hidden_size=0),
+    "hidden_size_negative": dict(input_size=4, hidden_size=-3),
+    "hidden_size_float": dict(input_size=4, hidden_size=2.5),
+    "hidden_size_str": dict(input_size=4, hidden_size="5"),
+    "input_size_0": dict(input_size=0, hidden_size=3),
+    "num_layers_0": dict(input_size=4, hidden_size=3, num_layers=0),
+    "num_layers_float": dict(input_size=4, hidden_size=3, num_layers=2.0),
+    "dropout_negative": dict(input_size=4, hidden_size=3, num_layers=2, dropout=-0.1),
+    "dropout_above_1": dict(input_size=4, hidden_size=3, num_layers=2, dropout=1.5),
+    "dropout_bool": dict(input_size=4, hidden_size=3, num_layers=2, dropout=True),
+    "proj_size_negative": dict(input_size=4, hidden_size=3, proj_size=-1),
+    "proj_size_equal_hidden": dict(input_size=4, hidden_size=3, proj_size=3),
+    "proj_size_above_hidden": dict(input_size=4, hidden_size=3, proj_size=7),
+}
+
+
+@pytest.mark.parametrize("kwargs", BAD_CTOR_ARGS.values(), ids=BAD_CTOR_ARGS.keys())
+def test_bad_constructor_args(kwargs):
+    assert_same_error(lambda: nn.LSTM(**kwargs), lambda: lstm_fused.LSTM(**kwargs))
+
+
+def test_bad_constructor_args_positional():
+    assert_same_error(lambda: nn.LSTM(4, 3, 0), lambda: lstm_fused.LSTM(4, 3, 0))
+    assert_same_error(
+        lambda: nn.LSTM(4, 3, 2, True, False, 1.5), lambda: lstm_fused.LSTM(4, 3, 2, True, False, 1.5)
+    )
+
+
+def caught_warnings(fn):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fn()
+    return [(w.category, str(w.message)) for w in record]
+
+
+def test_dropout_with_one_layer_warns_like_nn_lstm():
+    ref = caught_warnings(lambda: nn.LSTM(4, 3, num_layers=1, dropout=0.5))
+    ours = caught_warnings(lambda: lstm_fused.LSTM(4, 3, num_layers=1, dropout=0.5))
+    print(ref, ours, sep="\n")
+    assert ref and ours == ref
+
+
+def test_valid_constructor_does_not_warn():
+    for kwargs in (dict(num_layers=2, dropout=0.5), dict(dropout=0.0), dict(proj_size=2)):
+        assert caught_warnings(lambda: lstm_fused.LSTM(4, 3, **kwargs)) == []
+
+
+def test_module_attributes_and_repr():
+    kwargs = dict(input_size=4, hidden_size=6, num_layers=2, bias=False, batch_first=True,
+                  dropout=0.25, bidirectional=True, proj_size=3)
+    ref, ours = nn.LSTM(**kwargs), lstm_fused.LSTM(**kwargs)
+    for name in kwargs:
+        assert getattr(ours, name) == getattr(ref, name), name
+        assert type(getattr(ours, name)) is type(getattr(ref, name)), name
+    assert not isinstance(ours, nn.LSTM)
+    assert ref.extra_repr() == ours.extra_repr()
+    # Positional arguments in nn.LSTM's order.
+    ours_pos = lstm_fused.LSTM(4, 6, 2, False, True, 0.25, True, 3)
+    for name in kwargs:
+        assert getattr(ours_pos, name) == kwargs[name], name
+
+
+# -- forward ------------------------------------------------------------------------------------
+
+
+def pair(**kwargs):
+    cfg = Config(**{"I": 4, "H": 5, "num_layers": 2, "dtype": torch.float32, **kwargs})
+    return make_pair(cfg)
+
+
+def randn(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+BAD_CALLS = {
+    "input_1d": (dict(), lambda: (randn(3),)),
+    "input_4d": (dict(), lambda: (randn(1, 3, 2, 4),)),
+    "input_0d": (dict(), lambda: (torch.tensor(1.0),)),
+    "wrong_input_size": (dict(), lambda: (randn(3, 2, 6),)),
+    "wrong_input_size_unbatched": (dict(), lambda: (randn(3, 6),)),
+    "wrong_input_size_with_state": (dict(), lambda: (randn(3, 2, 6), (randn(2, 2, 5), randn(2, 2, 5)))),
+    "h0_wrong_batch": (dict(), lambda: (randn(3, 2, 4), (randn(2, 3, 5), randn(2, 2, 5)))),
+    "h0_wrong_layers": (dict(), lambda: (randn(3, 2, 4), (randn(1, 2, 5), randn(2, 2, 5)))),
+    "h0_wrong_hidden": (dict(), lambda: (randn(3, 2, 4), (randn(2, 2, 4), randn(2, 2, 5)))),
+    "c0_wrong_hidden": (dict(), lambda: (randn(3, 2, 4), (randn(2, 2, 5), randn(2, 2, 6)))),
+    "c0_wrong_batch": (dict(), lambda: (randn(3, 2, 4), (randn(2, 2, 5), randn(2, 1, 5)))),
+    "batch_first_h0_batch_first": (
+        dict(batch_first=True), lambda: (randn(2, 3, 4), (randn(2, 2, 5), randn(3, 2, 5)))),
+    "bidirectional_h0_one_direction": (
+        dict(bidirectional=True), lambda: (randn(3, 2, 4), (randn(2, 2, 5), randn(2, 2, 5)))),
+    "proj_h0_of_hidden_size": (
+        dict(H=5, proj_size=3), lambda: (randn(3, 2, 4), (randn(2, 2, 5), randn(2, 2, 5)))),
+    "proj_c0_of_proj_size": (
+        dict(H=5, proj_size=3), lambda: (randn(3, 2, 4), (randn(2, 2, 3), randn(2, 2, 3)))),
+    "batched_input_2d_states": (dict(), lambda: (randn(3, 2, 4), (randn(2, 5), randn(2, 5)))),
+    "batched_input_mixed_states": (dict(), lambda: (randn(3, 2, 4), (randn(2, 2, 5), randn(2, 5)))),
+    "unbatched_input_3d_states": (dict(), lambda: (randn(3, 4), (randn(2, 1, 5), randn(2, 1, 5)))),
+    "unbatched_wrong_c0": (dict(), lambda: (randn(3, 4), (randn(2, 5), randn(2, 6)))),
+    "unbatched_wrong_layers": (dict(), lambda: (randn(3, 4), (randn(3, 5), randn(2, 5)))),
+    "single_tensor_hx": (dict(), lambda: (randn(3, 2, 4), randn(2, 2, 5))),
+    "single_tensor_hx_unbatched": (dict(), lambda: (randn(3, 4), randn(2, 5))),
+    "hx_three_tensors": (dict(), lambda: (randn(3, 2, 4), (randn(2, 2, 5),) * 3)),
+    "input_float64_params_float32": (dict(), lambda: (randn(3, 2, 4, dtype=torch.float64),)),
+    "input_bfloat16_params_float32": (dict(), lambda: (randn(3, 2, 4, dtype=torch.bfloat16),)),
+    "input_int64": (dict(), lambda: (torch.randint(0, 3, (3, 2, 4)),)),
+    "input_int32_unbatched": (dict(), lambda: (torch.randint(0, 3, (3, 4), dtype=torch.int32),)),
+    "input_float32_params_float64": (dict(dtype=torch.float64), lambda: (randn(3, 2, 4),)),
+    "zero_length_sequence": (dict(), lambda: (randn(0, 2, 4),)),
+    "zero_length_unbatched": (dict(), lambda: (randn(0, 4),)),
+    "zero_length_batch_first": (dict(batch_first=True), lambda: (randn(2, 0, 4),)),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALLS.values(), ids=BAD_CALLS.keys())
+def test_bad_forward_args(case):
+    kwargs, make_args = case
+    ref, ours = pair(**kwargs)
+    args = make_args()
+    assert_same_error(lambda: ref(*args), lambda: ours(*args))
+
+
+# nn.LSTM's messages for these come from its backend (oneDNN's "get_mkldnn_dtype: unsupported
+# data type", or an ATen matmul's "mat1 and mat2 must have the same dtype"), not from a check of
+# its own, so a fused implementation cannot reasonably reproduce them: same type plus a phrase.
+STATE_DTYPE_CALLS = {
+    "h0_float64_input_float32": (dict(), lambda: (randn(3, 2, 4), (randn(2, 2, 5, dtype=torch.float64), randn(2, 2, 5)))),
+    "c0_float64_input_float32": (dict(), lambda: (randn(3, 2, 4), (randn(2, 2, 5), randn(2, 2, 5, dtype=torch.float64)))),
+    "h0_int64": (dict(), lambda: (randn(3, 2, 4), (torch.zeros(2, 2, 5, dtype=torch.int64), randn(2, 2, 5)))),
+    "h0_float32_input_float64": (dict(dtype=torch.float64), lambda: (randn(3, 2, 4, dtype=torch.float64), (randn(2, 2, 5), randn(2, 2, 5, dtype=torch.float64)))),
+}
+
+
+@pytest.mark.parametrize("case", STATE_DTYPE_CALLS.values(), ids=STATE_DTYPE_CALLS.keys())
+def test_state_dtype_mismatch(case):
+    kwargs, make_args = case
+    ref, ours = pair(**kwargs)
+    args = make_args()
+    ref_exc, ours_exc = raised(lambda: ref(*args)), raised(lambda: ours(*args))
+    print(f"nn.LSTM:    {type(ref_exc).__name__}: {ref_exc}")
+    print(f"lstm_fused: {type(ours_exc).__name__}: {ours_exc}")
+    assert type(ours_exc) is type(ref_exc) is RuntimeError
+    assert "dtype" in str(ours_exc) or "data type" in str(ours_exc)
+
+
+def test_packed_wrong_input_size():
+    # nn.LSTM skips its input_size check for PackedSequence and fails in the input GEMM
+    # ("mat1 and mat2 shapes cannot be multiplied"); ours may check first: same type only.
+    ref, ours = pair()
+    packed = pack_sequence([randn(3, 6), randn(2, 6)])
+    ref_exc, ours_exc = raised(lambda: ref(packed)), raised(lambda: ours(packed))
+    print(ref_exc, ours_exc, sep="\n")
+    assert type(ours_exc) is type(ref_exc) is RuntimeError
+
+
+def test_packed_wrong_state_batch():
+    # nn.LSTM fails inside its kernel (a broadcast size mismatch); ours may check the shape up
+    # front instead: same type only. (With enforce_sorted=False, nn.LSTM silently index_selects
+    # a too-large h0 by sorted_indices and runs; a fused implementation may reject it.)
+    ref, ours = pair()
+    packed = pack_sequence([randn(3, 4), randn(2, 4)], enforce_sorted=True)
+    hx = (randn(2, 3, 5), randn(2, 3, 5))
+    ref_exc, ours_exc = raised(lambda: ref(packed, hx)), raised(lambda: ours(packed, hx))
+    print(ref_exc, ours_exc, sep="\n")
+    assert type(ours_exc) is type(ref_exc) is RuntimeError
+
+
+# -- NaN / Inf / extreme values -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_nan_inf_propagate_like_nn_lstm(bidirectional, packed):
+    cfg = Config(T=6, B=4, I=3, H=5, num_layers=2, bidirectional=bidirectional,
+                 input_kind="packed_unsorted" if packed else "dense")
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    data.x[1, 0, 2] = float("nan")
+    data.x[3, 2, 0] = float("inf")
+    data.x[2, 3, 1] = -float("inf")
+    data.c0[0, 1, 3] = float("nan")
+    expected = run_model(ref, cfg, data, backward=False)
+    actual = run_model(ours, cfg, data, backward=False)
+    for key in expected:
+        nan_ref, nan_ours = expected[key].isnan(), actual[key].isnan()
+        print(key, "NaNs nn.LSTM", int(nan_ref.sum()), "ours", int(nan_ours.sum()))
+        assert nan_ref.any() or key == "c_n" or bidirectional
+        assert torch.equal(nan_ours, nan_ref), key
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-9, atol=1e-9, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_saturating_inputs(dtype):
+    """Huge pre-activations saturate sigmoid/tanh to exact 0/1 without overflow NaNs."""
+    cfg = Config(T=5, B=3, I=4, H=6, num_layers=2, bidirectional=True, dtype=dtype)
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    data.x *= 1e4
+    data.x[2, 1, 0] = float("inf")  # one element: x W^T gets +-inf, not inf - inf
+    expected = run_model(ref, cfg, data, backward=False)
+    actual = run_model(ours, cfg, data, backward=False)
+    for key in expected:
+        report(key, actual[key], expected[key])
+        assert not actual[key].isnan().any(), key
+        assert not expected[key].isnan().any(), key
+        tol = 1e-9 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(actual[key], expected[key], rtol=tol, atol=tol)
+
+
+# -- empty batches --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["dense", "batch_first"])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_empty_batch(kind, with_state):
+    cfg = Config(T=3, B=0, I=4, H=5, num_layers=2, bidirectional=True, proj_size=2,
+                 batch_first=kind == "batch_first", with_state=with_state)
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    expected = run_model(ref, cfg, data)
+    actual = run_model(ours, cfg, data)
+    assert_results_close(actual, expected, 1e-9, 1e-9)
+
+
+# -- non-contiguous tensors -----------------------------------------------------------------------
+
+
+def test_non_contiguous_input_and_states():
+    cfg = Config(T=5, B=3, I=4, H=6, num_layers=2, bidirectional=True, proj_size=3)
+    ref, ours = make_pair(cfg)
+    base_x = torch.randn(3, 10, 4, dtype=torch.float64)  # [B, 2T, I]
+    base_h = torch.randn(3, 4, 8, dtype=torch.float64)  # [B, L*D, 2P+2]
+    base_c = torch.randn(1, 3, 6, dtype=torch.float64)
+
+    def run(model):
+        bx = base_x.clone().requires_grad_()
+        bh = base_h.clone().requires_grad_()
+        bc = base_c.clone().requires_grad_()
+        x = bx.transpose(0, 1)[::2]  # [T, B, I], strided in T and B
+        h0 = bh.transpose(0, 1)[..., 1:7:2]  # [L*D, B, P], every stride odd
+        c0 = bc.expand(4, 3, 6)  # [L*D, B, H], stride 0 over layers
+        assert not (x.is_contiguous() or h0.is_contiguous() or c0.is_contiguous())
+        out, (h_n, c_n) = model(x, (h0, c0))
+        loss = (out * out.detach().cos()).sum() + (h_n**2).sum() + (c_n * 3).sum()
+        grads = torch.autograd.grad(loss, [bx, bh, bc, *model.parameters()])
+        return {"out": out.detach(), "h_n": h_n.detach(), "c_n": c_n.detach(),
+                **{f"grad{i}": g for i, g in enumerate(grads)}}
+
+    assert_results_close(run(ours), run(ref), 1e-9, 1e-9)
+
+
+def test_non_contiguous_batch_first_and_unbatched():
+    for cfg in (Config(T=4, B=3, I=5, H=3, batch_first=True, num_layers=2),
+                Config(T=4, I=5, H=3, num_layers=2, input_kind="unbatched")):
+        ref, ours = make_pair(cfg)
+        data = make_data(cfg)
+        # A transposed copy transposed back: same values, non-contiguous strides.
+        data.x = data.x.transpose(0, -1).contiguous().transpose(0, -1)
+        data.h0 = data.h0.transpose(0, -1).contiguous().transpose(0, -1)
+        assert not data.x.is_contiguous() and not data.h0.is_contiguous()
+        assert_results_close(run_model(ours, cfg, data), run_model(ref, cfg, data), 1e-9, 1e-9)
+
+
+def test_non_contiguous_parameters():
+    cfg = Config(T=4, B=3, I=5, H=6, num_layers=2, proj_size=2, dtype=torch.float64)
+    ref, ours = make_pair(cfg)
+    for model in (ref, ours):
+        for name in ("weight_ih_l0", "weight_hh_l1", "weight_hr_l0"):
+            p = getattr(model, name)
+            p.data = p.data.t().contiguous().t()
+            assert not p.is_contiguous()
+    data = make_data(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nn.LSTM warns about non-contiguous weights
+        expected = run_model(ref, cfg, data)
+    actual = run_model(ours, cfg, data)
+    assert_results_close(actual, expected, *TOLERANCES[torch.float64])
+
+
+def test_inputs_not_modified():
+    cfg = Config(T=4, B=3, I=5, H=6, num_layers=2, bidirectional=True, proj_size=4,
+                 input_kind="packed_unsorted")
+    _, ours = make_pair(cfg)
+    data = make_data(cfg)
+    before = [t.clone() for t in (data.x, data.h0, data.c0)]
+    params_before = [p.detach().clone() for p in ours.parameters()]
+    run_model(ours, cfg, data)
+    for a, b in zip((data.x, data.h0, data.c0), before):
+        assert torch.equal(a, b)
+    for p, b in zip(ours.parameters(), params_before):
+        assert torch.equal(p.detach(), b)

@@ -1,0 +1,230 @@
+"""Parity with torch.nn.LSTM over a grid crossing every option, for float64, float32 and bfloat16.
+
+Every case draws fresh inputs (seeded per case) and odd sizes, compares outputs, h_n, c_n and the
+gradients of the input, h0, c0 and every parameter, and checks that the run went through the fused
+ops (one lstm_fused::forward and one lstm_fused::backward per layer and direction, no Python
+fallback).
+"""
+
+import dataclasses
+import itertools
+import random
+
+import pytest
+import torch
+
+import lstm_fused
+import lstm_fused.reference
+from utils import (
+    INPUT_KINDS,
+    TOLERANCES,
+    Config,
+    OpCounter,
+    assert_bf16_rule,
+    assert_fused,
+    assert_results_close,
+    make_data,
+    make_pair,
+    num_threads,
+    report,
+    run_model,
+)
+
+SIZES_T = (1, 2, 3, 5, 8)
+SIZES_B = (1, 2, 3, 5)
+SIZES_I = (1, 3, 8, 17)
+SIZES_H = (1, 2, 3, 5, 17)
+
+
+def grid(dtype, sample=None, seed=0):
+    """Every combination of the structural options; sizes drawn per case."""
+    rng = random.Random(seed)
+    combos = list(
+        itertools.product(
+            (1, 2, 3),  # num_layers
+            (True, False),  # bias
+            (False, True),  # batch_first
+            (False, True),  # bidirectional
+            (False, True),  # projection
+            INPUT_KINDS,
+            (True, False),  # with_state
+        )
+    )
+    if sample is not None:
+        combos = rng.sample(combos, sample)
+    cases = []
+    for layers, bias, bf, bidir, proj, kind, state in combos:
+        H = rng.choice(SIZES_H[1:] if proj else SIZES_H)
+        cases.append(
+            Config(
+                T=rng.choice(SIZES_T),
+                B=rng.choice(SIZES_B),
+                I=rng.choice(SIZES_I),
+                H=H,
+                num_layers=layers,
+                bias=bias,
+                batch_first=bf,
+                bidirectional=bidir,
+                proj_size=rng.randint(1, H - 1) if proj else 0,
+                input_kind=kind,
+                with_state=state,
+                dtype=dtype,
+            )
+        )
+    return cases
+
+
+def case_id(cfg):
+    return (
+        f"L{cfg.num_layers}-{'bias' if cfg.bias else 'nobias'}-{'bf' if cfg.batch_first else 'tm'}"
+        f"-{'bi' if cfg.bidirectional else 'uni'}-p{cfg.proj_size}-{cfg.input_kind}"
+        f"-{'hx' if cfg.with_state else 'nohx'}-T{cfg.T}B{cfg.B}I{cfg.I}H{cfg.H}"
+    )
+
+
+def check_parity(cfg):
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    expected = run_model(ref, cfg, data)
+    with OpCounter() as counter:
+        actual = run_model(ours, cfg, data)
+    rtol, atol = TOLERANCES[cfg.dtype]
+    assert_results_close(actual, expected, rtol, atol)
+    assert_fused(counter, cfg, backward=True)
+
+
+@pytest.mark.parametrize("cfg", grid(torch.float64), ids=case_id)
+def test_parity_float64(cfg):
+    check_parity(cfg)
+
+
+@pytest.mark.parametrize("cfg", grid(torch.float32, seed=1), ids=case_id)
+def test_parity_float32(cfg):
+    check_parity(cfg)
+
+
+@pytest.mark.parametrize("cfg", grid(torch.bfloat16, sample=64, seed=2), ids=case_id)
+def test_parity_bfloat16(cfg):
+    """Our bf16 error against an fp64 run is at most ~2x that of nn.LSTM run in bf16."""
+    ref_bf16, ours = make_pair(cfg)
+    ref64, _ = make_pair(cfg, dtype=torch.float64)
+    # The fp64 reference sees exactly the bf16 weights and inputs.
+    ref64.load_state_dict({k: v.double() for k, v in ref_bf16.state_dict().items()})
+    data = make_data(cfg)
+    data.x, data.g_out, data.g_h, data.g_c = (
+        t.bfloat16().double() for t in (data.x, data.g_out, data.g_h, data.g_c)
+    )
+    if cfg.with_state:
+        data.h0, data.c0 = data.h0.bfloat16().double(), data.c0.bfloat16().double()
+    expected = run_model(ref64, cfg, data, dtype=torch.float64)
+    torch_bf16 = run_model(ref_bf16, cfg, data)
+    with OpCounter() as counter:
+        actual = run_model(ours, cfg, data)
+    assert_bf16_rule(actual, torch_bf16, expected)
+    assert_fused(counter, cfg, backward=True)
+
+
+LARGER = [
+    Config(T=20, B=16, I=33, H=64, num_layers=2, bidirectional=True, dtype=torch.float32),
+    Config(T=9, B=32, I=40, H=48, proj_size=20, num_layers=2, input_kind="packed_unsorted",
+           dtype=torch.float32),
+    Config(T=13, B=7, I=19, H=70, batch_first=True, bias=False, dtype=torch.float64),
+    Config(T=6, B=64, I=16, H=128, dtype=torch.float32),
+    Config(T=12, B=24, I=32, H=96, num_layers=2, bidirectional=True, input_kind="packed_sorted",
+           dtype=torch.float64),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cfg", LARGER, ids=case_id)
+def test_parity_larger(cfg, threads):
+    """A few larger shapes (vector paths, hidden units split over threads)."""
+    with num_threads(threads):
+        check_parity(cfg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_parity_eval_mode_no_grad(dtype):
+    """Inference (eval + no_grad: nothing saved for backward) equals nn.LSTM."""
+    cfg = Config(T=7, B=3, I=5, H=6, num_layers=2, bidirectional=True, proj_size=4,
+                 dropout=0.5, input_kind="packed_unsorted", dtype=dtype)
+    ref, ours = make_pair(cfg)
+    ref.eval()
+    ours.eval()
+    data = make_data(cfg)
+    with torch.no_grad():
+        expected = run_model(ref, cfg, data, backward=False)
+        with OpCounter() as counter:
+            actual = run_model(ours, cfg, data, backward=False)
+    assert_results_close(actual, expected, *TOLERANCES[dtype])
+    assert_fused(counter, cfg, backward=False)
+
+
+class Oracle(torch.nn.Module):
+    """Runs lstm_fused.reference.lstm_reference on the very parameters of `target`."""
+
+    def __init__(self, target):
+        super().__init__()
+        for name in ("input_size", "hidden_size", "num_layers", "bias", "batch_first",
+                     "bidirectional", "proj_size"):
+            setattr(self, name, getattr(target, name))
+        for name, p in target.named_parameters():
+            self.register_parameter(name, p)
+
+    def forward(self, input, hx=None):
+        return lstm_fused.reference.lstm_reference(self, input, hx)
+
+
+ORACLE_CASES = [
+    Config(T=5, B=3, I=4, H=6, num_layers=2, bidirectional=True, proj_size=3,
+           input_kind="packed_unsorted"),
+    Config(T=4, B=2, I=3, H=5, num_layers=3, batch_first=True, bias=False),
+    Config(T=6, I=3, H=4, bidirectional=True, input_kind="unbatched", with_state=False),
+    Config(T=5, B=4, I=2, H=3, bidirectional=True, input_kind="packed_sorted"),
+]
+
+
+@pytest.mark.parametrize("cfg", ORACLE_CASES, ids=case_id)
+def test_matches_reference_oracle(cfg):
+    """lstm_fused.reference agrees with nn.LSTM (the oracle's sanity) and with the fused module."""
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    oracle_result = run_model(Oracle(ref), cfg, data)
+    assert_results_close(oracle_result, run_model(ref, cfg, data), 1e-9, 1e-9)
+    assert_results_close(run_model(ours, cfg, data), oracle_result, 1e-9, 1e-9)
+
+
+@pytest.mark.parametrize("cfg", ORACLE_CASES[:2], ids=case_id)
+def test_float32_closer_to_float64_oracle_than_tolerance(cfg):
+    """float32 run against the float64 oracle (computed on the same float32 weights)."""
+    cfg = dataclasses.replace(cfg, dtype=torch.float32)
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    oracle = Oracle(ref)
+    expected = run_model(oracle, cfg, data)  # lstm_reference computes in float64
+    actual = run_model(ours, cfg, data)
+    nn_lstm = run_model(ref, cfg, data)
+    for key in expected:
+        ours_err, _ = report(key + " (ours)", actual[key], expected[key])
+        torch_err, _ = report(key + " (nn.LSTM)", nn_lstm[key], expected[key])
+        scale = max(1.0, expected[key].abs().max().item())
+        assert ours_err <= 4 * torch_err + 1e-6 * scale, key
+
+
+def test_repeated_calls_and_param_updates():
+    """Parameters are read on every call: an in-place update shows in the next call."""
+    cfg = Config(T=4, B=3, I=5, H=7, num_layers=2, dtype=torch.float64)
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    assert_results_close(run_model(ours, cfg, data), run_model(ref, cfg, data), 1e-9, 1e-9)
+    with torch.no_grad():
+        for p_ref, p_ours in zip(ref.parameters(), ours.parameters()):
+            delta = torch.randn_like(p_ref) * 0.1
+            p_ref.add_(delta)
+            p_ours.add_(delta)
+    assert_results_close(run_model(ours, cfg, data), run_model(ref, cfg, data), 1e-9, 1e-9)
+    # Replacing a parameter's tensor (as an optimizer or load_state_dict(assign=True) may do).
+    new = torch.randn_like(ref.weight_hh_l1)
+    ref.weight_hh_l1 = torch.nn.Parameter(new.clone())
+    ours.weight_hh_l1 = torch.nn.Parameter(new.clone())
+    assert_results_close(run_model(ours, cfg, data), run_model(ref, cfg, data), 1e-9, 1e-9)
