@@ -6,6 +6,7 @@
 #   OUT=DIR                 logs, JSON and PNG go here (default .gpu_out/)
 #   BENCH=default|quick|full|none   which benchmark grid (default: default)
 #   TESTS="pytest args"     extra arguments for pytest on tests/test_cuda.py (e.g. "-x -k parity")
+#   BENCH_ARGS="..."        extra arguments for benchmarks.run (e.g. "--filter 'T1024' --budget 0.3")
 #   CPU_TESTS=1             also run the CPU op tests (tests/test_ops.py)
 #   LSTM_FUSED_CUDA_ARCHS   archs to build for (default 90 here: one arch builds faster)
 # Exit code: non-zero when the build, a test or the benchmark failed.
@@ -61,7 +62,9 @@ if [ "$BENCH" != none ]; then
     flag=()
     [ "$BENCH" = quick ] && flag=(--quick)
     [ "$BENCH" = full ] && flag=(--full)
-    "$PY" -m benchmarks.run --device cuda "${flag[@]}" --out "$OUT" 2>&1 | tee "$OUT/bench.log"
+    # shellcheck disable=SC2086
+    eval "\"\$PY\" -m benchmarks.run --device cuda ${flag[*]} --out \"\$OUT\" ${BENCH_ARGS:-}" 2>&1 \
+      | tee "$OUT/bench.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "== BENCHMARK FAILED"; status=1; }
   else
     echo "== benchmarks/run.py is not there yet: skipping the benchmarks"

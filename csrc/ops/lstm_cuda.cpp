@@ -151,11 +151,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_cuda(
     a.y = y.data_ptr();
     a.h_n = h_n.data_ptr();
     a.c_n = c_n.data_ptr();
-    if (cuda::forward_persistent_plan(a, kind, persistent_batch_limit(path)) > 0) {
+    const int grid = cuda::forward_persistent_plan(a, kind, persistent_batch_limit(path));
+    if (grid > 0) {
       const Tensor offsets = batch_sizes ? device_offsets(off, x.device()) : Tensor();
-      const Tensor h_pre = proj ? at::empty({s.B, s.H}, x.options().dtype(at::kFloat)) : Tensor();
+      const Tensor h_pre = proj ? at::empty({2, s.B, s.H}, x.options().dtype(at::kFloat)) : Tensor();
+      const Tensor flags = at::zeros({2 * grid}, x.options().dtype(at::kInt));
       a.offsets = offsets.defined() ? offsets.data_ptr<int64_t>() : nullptr;
       a.h_pre = proj ? h_pre.data_ptr<float>() : nullptr;
+      a.flags = reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>());
       check_launch(cuda::forward_persistent(a, kind, stream), "forward_persistent");
       return {y, h_n, c_n, saved_gates, cells};
     }
@@ -260,9 +263,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cuda
       a.h_pre = proj ? h_pre.data_ptr<float>() : nullptr;
       a.dh0 = dh0.data_ptr();
       a.dc0 = dc0.data_ptr();
-      if (cuda::backward_persistent_plan(a, kind, persistent_batch_limit(path)) > 0) {
+      const int grid = cuda::backward_persistent_plan(a, kind, persistent_batch_limit(path));
+      if (grid > 0) {
         const Tensor offsets = batch_sizes ? device_offsets(off, x.device()) : Tensor();
+        const Tensor flags = at::zeros({2 * grid}, x.options().dtype(at::kInt));
         a.offsets = offsets.defined() ? offsets.data_ptr<int64_t>() : nullptr;
+        a.flags = reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>());
         check_launch(cuda::backward_persistent(a, kind, stream), "backward_persistent");
         done = true;
       }

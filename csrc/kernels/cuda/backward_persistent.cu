@@ -18,8 +18,6 @@ namespace lstm_fused {
 namespace cuda {
 namespace {
 
-namespace cg = cooperative_groups;
-
 struct BwdPlan {
   int grid = 0;
   int U = 0, Q = 0;    // units and W_hh columns per block
@@ -29,34 +27,49 @@ struct BwdPlan {
   int64_t smem = 0;
 };
 
-template <typename T, bool PROJ>
-__device__ __forceinline__ void cell_grad(const BackwardArgs& a, const Steps& st, int64_t s,
-                                          int64_t j, int64_t b, int u, int U, float dh,
-                                          float* dcs) {
+// What the cell gradient of one (row, unit) reads from the forward: independent of the
+// recurrence, so it can be loaded before waiting for the other blocks.
+struct CellIn {
+  float gi, gf, gg, go, c, cprev;
+};
+
+template <typename T>
+__device__ __forceinline__ CellIn load_cell(const BackwardArgs& a, const Steps& st, int64_t s,
+                                            int64_t j, int64_t b) {
   const int64_t H = a.H, H4 = 4 * a.H;
   const int64_t row = st.off(s) + b;
-  const int64_t fbs = st.bs(s + 1);
   const float* g = a.gates + row * H4 + j;
-  const float gi = g[0], gf = g[H], gg = g[2 * H], go = g[3 * H];
-  const float c = a.cells[row * H + j];
-  const float cprev = b < fbs ? a.cells[(st.off(s + 1) + b) * H + j]
+  CellIn in;
+  in.gi = g[0];
+  in.gf = g[H];
+  in.gg = g[2 * H];
+  in.go = g[3 * H];
+  in.c = a.cells[row * H + j];
+  in.cprev = b < st.bs(s + 1) ? a.cells[(st.off(s + 1) + b) * H + j]
                               : to_f(static_cast<const T*>(a.c0)[b * H + j]);
-  const float tc = tanhf(c);
-  float* dcp = dcs + b * U + u;
-  const float dc = *dcp + dh * go * (1.f - tc * tc);
-  float* dg = a.dgates + row * H4 + j;
-  dg[0] = dc * gg * gi * (1.f - gi);
-  dg[H] = dc * cprev * gf * (1.f - gf);
-  dg[2 * H] = dc * gi * (1.f - gg * gg);
-  dg[3 * H] = dh * tc * go * (1.f - go);
-  *dcp = dc * gf;
-  if (PROJ) a.h_pre[row * H + j] = go * tc;
+  return in;
+}
+
+template <bool PROJ>
+__device__ __forceinline__ void cell_grad(const BackwardArgs& a, int64_t row, int64_t j,
+                                          float* dcp, float dh, const CellIn& in) {
+  const int64_t H = a.H;
+  const float tc = tanhf(in.c);
+  const float dc = *dcp + dh * in.go * (1.f - tc * tc);
+  float* dg = a.dgates + row * 4 * H + j;
+  dg[0] = dc * in.gg * in.gi * (1.f - in.gi);
+  dg[H] = dc * in.cprev * in.gf * (1.f - in.gf);
+  dg[2 * H] = dc * in.gi * (1.f - in.gg * in.gg);
+  dg[3 * H] = dh * tc * in.go * (1.f - in.go);
+  *dcp = dc * in.gf;
+  if (PROJ) a.h_pre[row * H + j] = in.go * tc;
 }
 
 template <typename T, bool PROJ>
 __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArgs a, const BwdPlan p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  cg::grid_group grid = cg::this_grid();
+  unsigned* flags_a = a.flags;
+  unsigned* flags_b = a.flags + gridDim.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t H = a.H, P = a.P, H4 = 4 * a.H;
   const int j0 = blockIdx.x * p.U;
@@ -116,13 +129,21 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
     const int64_t poff = s > 0 ? st.off(s - 1) : 0;
     const int64_t foff = fbs > 0 ? st.off(s + 1) : 0;
     const int64_t nrows = max64(bs, pbs);
+    const unsigned epoch = static_cast<unsigned>(s);
+
+    // Without a projection, thread i's first (row, unit) of phase B is i: load what it reads
+    // from the forward before waiting.
+    CellIn pre{};
+    const bool prefetched = !PROJ && s < a.T && static_cast<int64_t>(threadIdx.x) < bs * nu;
+    if (prefetched) pre = load_cell<T>(a, st, s, j0 + threadIdx.x % nu, threadIdx.x / nu);
+    wait_epoch(flags_b, epoch);
 
     // Phase A: dh of this block's columns.
     float* At = reinterpret_cast<float*>(tile);
     const int ngq = (nq + 3) / 4;
     for (int64_t b0 = 0; b0 < nrows; b0 += p.BT) {
       const int nb = static_cast<int>(min64(p.BT, nrows - b0));
-      __syncthreads();
+      if (b0 > 0) __syncthreads();
       for (int r = warp; r < p.BT; r += kWarps) {
         const int64_t b = b0 + r;
         const float* src = (r < nb && b < pbs) ? a.dgates + (poff + b) * H4 : nullptr;
@@ -162,12 +183,13 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
 
     // Phase B: the cell gradient of this block's units.
     if (PROJ) {
-      grid.sync();
+      signal_epoch(flags_a, epoch + 1);
+      wait_epoch(flags_a, epoch + 1);
       float* Af = reinterpret_cast<float*>(tile);
       const int ngu = (nu + 3) / 4;
       for (int64_t b0 = 0; b0 < bs; b0 += p.BT) {
         const int nb = static_cast<int>(min64(p.BT, bs - b0));
-        __syncthreads();
+        if (b0 > 0) __syncthreads();
         for (int r = warp; r < p.BT; r += kWarps) {
           const float* src = r < nb ? a.dh_out + (off + b0 + r) * P : nullptr;
           stage_row(Af + static_cast<int64_t>(r) * p.Kp, src, static_cast<int>(P), p.Kp, lane);
@@ -185,7 +207,9 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
           const int idx = (lane >> 1) & 15;
           const int u = grp * 4 + (idx >> 2), a_row = ag * 4 + (idx & 3);
           if ((lane & 1) == 0 && u < nu && a_row < nb) {
-            cell_grad<T, PROJ>(a, st, s, j0 + u, b0 + a_row, u, p.U, v, dcs);
+            const int64_t b = b0 + a_row;
+            cell_grad<PROJ>(a, off + b, j0 + u, dcs + b * p.U + u, v,
+                            load_cell<T>(a, st, s, j0 + u, b));
           }
         }
       }
@@ -194,11 +218,13 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
       for (int64_t i = threadIdx.x; i < bs * nu; i += kThreads) {
         const int64_t b = i / nu;
         const int u = static_cast<int>(i % nu);
-        cell_grad<T, PROJ>(a, st, s, j0 + u, b, u, p.U, dhs[b * p.U + u], dcs);
+        const CellIn in = (prefetched && i == threadIdx.x) ? pre : load_cell<T>(a, st, s, j0 + u, b);
+        cell_grad<PROJ>(a, off + b, j0 + u, dcs + b * p.U + u, dhs[b * p.U + u], in);
       }
     }
-    grid.sync();
+    signal_epoch(flags_b, epoch + 1);
   }
+  __syncthreads();
 
   for (int64_t i = threadIdx.x; i < a.max_bs * p.U; i += kThreads) {
     const int64_t b = i / p.U;

@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
+#include <type_traits>
+#include <vector>
 
 #include "lstm_cuda.h"
 
@@ -78,6 +81,34 @@ __device__ __forceinline__ void dot4x4(const WT* __restrict__ W, int ldw,
   }
 }
 
+// Tensor cores: D = A B + D for one m16n8k16 tile, A (16x16) and B (16x8) in 16-bit, fp32 D.
+// A is row-major in shared memory (lda elements per row), B is given as its transpose Bt (8 rows
+// of k, ldb per row), both at their tile origin and k offset; lane roles as in the PTX ISA.
+template <typename T>
+__device__ __forceinline__ void mma_16x8x16(const T* A, int lda, const T* Bt, int ldb, int lane,
+                                            float d[4]) {
+  const int gid = lane >> 2, tig = lane & 3;
+  const uint32_t a0 = *reinterpret_cast<const uint32_t*>(A + gid * lda + tig * 2);
+  const uint32_t a1 = *reinterpret_cast<const uint32_t*>(A + (gid + 8) * lda + tig * 2);
+  const uint32_t a2 = *reinterpret_cast<const uint32_t*>(A + gid * lda + 8 + tig * 2);
+  const uint32_t a3 = *reinterpret_cast<const uint32_t*>(A + (gid + 8) * lda + 8 + tig * 2);
+  const uint32_t b0 = *reinterpret_cast<const uint32_t*>(Bt + gid * ldb + tig * 2);
+  const uint32_t b1 = *reinterpret_cast<const uint32_t*>(Bt + gid * ldb + 8 + tig * 2);
+  if constexpr (std::is_same<T, __half>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
 // Sums each of the 16 values over the warp; lane l ends with the total of index (l >> 1) & 15
 // (a transpose-reduce: 15 shuffles instead of 80).
 __device__ __forceinline__ float reduce16(float v[16], int lane) {
@@ -110,6 +141,28 @@ __device__ __forceinline__ float reduce16(float v[16], int lane) {
     v[0] = keep + __shfl_xor_sync(kFull, send, 2);
   }
   return v[0] + __shfl_xor_sync(kFull, v[0], 1);
+}
+
+// Step flags between the blocks of one persistent launch, in place of a grid-wide barrier:
+// flags[g] is the last epoch block g has completed (monotonic; the adapter zeroes the flags before
+// each launch, which a CUDA graph replays as a memset). A consumer waits only for what it reads,
+// with one thread polling each producer's flag, so no single counter serializes 132 atomics.
+__device__ __forceinline__ void signal_epoch(unsigned* flags, unsigned epoch) {
+  __syncthreads();  // every thread's writes of this phase precede thread 0's release
+  if (threadIdx.x == 0) {
+    __threadfence();
+    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(flags + blockIdx.x), "r"(epoch)
+                 : "memory");
+  }
+}
+__device__ __forceinline__ void wait_epoch(const unsigned* flags, unsigned epoch) {
+  for (unsigned i = threadIdx.x; i < gridDim.x; i += blockDim.x) {
+    unsigned v;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flags + i) : "memory");
+    } while (v < epoch);
+  }
+  __syncthreads();
 }
 
 // Row bookkeeping of one visited step.
@@ -205,10 +258,30 @@ inline DeviceInfo device_info() {
   return d;
 }
 
-// Whether `grid` blocks of `kernel` with `smem` bytes can all be resident at once.
+// Whether `grid` blocks of `kernel` with `smem` bytes can all be resident at once (the answer is
+// cached: the occupancy query costs more than the launch of a short sequence).
 inline bool fits_cooperative(const void* kernel, int grid, size_t smem) {
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem)) != cudaSuccess) {
+  struct Entry {
+    const void* kernel;
+    size_t smem;
+    int dev, per_sm;
+  };
+  static std::mutex mu;
+  static std::vector<Entry> cache;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const Entry& e : cache) {
+      if (e.kernel == kernel && e.smem == smem && e.dev == dev) {
+        return e.per_sm > 0 && grid <= e.per_sm * device_info().sms;
+      }
+    }
+  }
+  // Always the device maximum, so that a cached answer never meets a smaller attribute.
+  if (smem > static_cast<size_t>(device_info().smem_optin) ||
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           device_info().smem_optin) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
@@ -217,6 +290,10 @@ inline bool fits_cooperative(const void* kernel, int grid, size_t smem) {
       cudaSuccess) {
     cudaGetLastError();
     return false;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (cache.size() < 256) cache.push_back(Entry{kernel, smem, dev, per_sm});
   }
   return per_sm > 0 && grid <= per_sm * device_info().sms;
 }

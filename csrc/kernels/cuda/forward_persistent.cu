@@ -15,21 +15,64 @@ namespace lstm_fused {
 namespace cuda {
 namespace {
 
-namespace cg = cooperative_groups;
-
 struct FwdPlan {
   int grid = 0;
   int U = 0, Q = 0;    // units and projection columns per block
   int Kp = 0, Kh = 0;  // P and H padded to kChunk
-  int BT = 0;          // rows per staged tile (multiple of 4)
-  int64_t tile_bytes = 0;
-  int64_t smem = 0;
+  int ldw = 0;         // row stride of the W_hh slice and of the h tile (Kp, +8 for the MMA path)
+  int Mpad = 0;        // rows of the W_hh slice in shared memory (4U, padded to 16 for MMA)
+  int BT = 0;          // rows per staged tile
+  int64_t red_floats = 0, tile_bytes = 0, smem = 0;
 };
+
+// Half types multiply on the tensor cores (fp32 accumulation); float32 uses FFMA.
+template <typename T> constexpr bool kMma = !std::is_same<T, float>::value;
+
+// Phase A's products h_{t-1} W_hh^T for one tile of rows into red: red[ks][m][r] over K-slices
+// ks (m = u*4 + gate, r = row in the tile). Returns the number of K-slices to sum.
+template <typename T>
+__device__ __forceinline__ int tile_products(const T* Wh, const T* At, const FwdPlan& p, int nu,
+                                             int nb, float* red, int lane, int warp) {
+  if constexpr (kMma<T>) {
+    const int mt = p.Mpad / 16, nt = (nb + 7) / 8, tp = mt * nt, ks16 = p.Kp / 16;
+    const int ksplit = max(1, min(kWarps / tp, ks16));
+    const int slice = (ks16 + ksplit - 1) / ksplit;
+    const int gid = lane >> 2, tig = lane & 3;
+    for (int task = warp; task < tp * ksplit; task += kWarps) {
+      const int t = task % tp, ks = task / tp, mi = t % mt, ni = t / mt;
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+      const int kend = min(ks16, (ks + 1) * slice);
+      for (int k = ks * slice; k < kend; ++k) {
+        mma_16x8x16(Wh + static_cast<int64_t>(mi) * 16 * p.ldw + k * 16, p.ldw,
+                    At + static_cast<int64_t>(ni) * 8 * p.ldw + k * 16, p.ldw, lane, d);
+      }
+      float* r = red + static_cast<int64_t>(ks) * p.Mpad * p.BT + (mi * 16 + gid) * p.BT + ni * 8 + tig * 2;
+      r[0] = d[0];
+      r[1] = d[1];
+      r[8 * p.BT] = d[2];
+      r[8 * p.BT + 1] = d[3];
+    }
+    return ksplit;
+  } else {
+    const int ngroups = (nb + 3) / 4;
+    for (int item = warp; item < nu * ngroups; item += kWarps) {
+      const int u = item % nu, ag = item / nu;
+      float acc[16];
+#pragma unroll
+      for (int i = 0; i < 16; ++i) acc[i] = 0.f;
+      dot4x4(Wh + static_cast<int64_t>(u) * 4 * p.ldw, p.ldw,
+             At + static_cast<int64_t>(ag) * 4 * p.ldw, p.ldw, p.Kp, lane, acc);
+      const float v = reduce16(acc, lane);
+      const int idx = (lane >> 1) & 15;
+      if ((lane & 1) == 0) red[(u * 4 + (idx >> 2)) * p.BT + ag * 4 + (idx & 3)] = v;
+    }
+    return 1;
+  }
+}
 
 template <typename T, bool PROJ>
 __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs a, const FwdPlan p) {
   extern __shared__ __align__(16) unsigned char smem[];
-  cg::grid_group grid = cg::this_grid();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t H = a.H, P = a.P, H4 = 4 * a.H;
   const int j0 = blockIdx.x * p.U;
@@ -37,11 +80,14 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
   const int q0 = PROJ ? blockIdx.x * p.Q : j0;
   const int nq = PROJ ? static_cast<int>(max64(0, min64(p.Q, P - q0))) : nu;
   const int Qp = static_cast<int>(round_up(p.Q, 4));
+  unsigned* flags_a = a.flags;
+  unsigned* flags_b = a.flags + gridDim.x;
 
-  T* Wh = reinterpret_cast<T*>(smem);                    // [U*4][Kp], row u*4+g
-  T* Wr = Wh + static_cast<int64_t>(p.U) * 4 * p.Kp;     // [Qp][Kh] (projection)
+  T* Wh = reinterpret_cast<T*>(smem);                      // [Mpad][ldw], row u*4+g
+  T* Wr = Wh + static_cast<int64_t>(p.Mpad) * p.ldw;       // [Qp][Kh] (projection)
   unsigned char* tile = reinterpret_cast<unsigned char*>(Wr + (PROJ ? Qp * p.Kh : 0));
-  float* cs = reinterpret_cast<float*>(tile + p.tile_bytes);  // [max_bs][U]
+  float* red = reinterpret_cast<float*>(tile + p.tile_bytes);  // [ksplit][Mpad][BT]
+  float* cs = red + p.red_floats;                               // [max_bs][U]
 
   const T* w_hh = static_cast<const T*>(a.w_hh);
   const T* w_hr = static_cast<const T*>(a.w_hr);
@@ -51,10 +97,10 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
   T* h_n = static_cast<T*>(a.h_n);
   T* c_n = static_cast<T*>(a.c_n);
 
-  for (int r = warp; r < p.U * 4; r += kWarps) {
+  for (int r = warp; r < p.Mpad; r += kWarps) {
     const int u = r >> 2, g = r & 3;
     const T* src = u < nu ? w_hh + (g * H + j0 + u) * P : nullptr;
-    stage_row(Wh + static_cast<int64_t>(r) * p.Kp, src, static_cast<int>(P), p.Kp, lane);
+    stage_row(Wh + static_cast<int64_t>(r) * p.ldw, src, static_cast<int>(P), p.ldw, lane);
   }
   if (PROJ) {
     for (int r = warp; r < Qp; r += kWarps) {
@@ -84,73 +130,81 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
     const int64_t poff = s > 0 ? st.off(s - 1) : 0, pbs = st.bs(s - 1);
     const int64_t nbs = st.bs(s + 1);
     const bool last_step = s == a.T - 1;
+    const unsigned epoch = static_cast<unsigned>(s);
+    float* h_pre = PROJ ? a.h_pre + (s & 1) * a.B * H : nullptr;
+
+    // The input projection does not depend on the recurrence: load this thread's first values
+    // before waiting for the other blocks.
+    float pre[4] = {0.f, 0.f, 0.f, 0.f};
+    const int first_pairs = nu * static_cast<int>(min64(bs, p.BT));
+    if (static_cast<int>(threadIdx.x) < first_pairs) {
+      const int64_t row = off + threadIdx.x / nu, j = j0 + threadIdx.x % nu;
+      const float* gr = a.gates + row * H4 + j;
+#pragma unroll
+      for (int g = 0; g < 4; ++g) pre[g] = gr[g * H];
+    }
+    wait_epoch(PROJ ? flags_b : flags_a, epoch);
 
     // Phase A: gates and cell update of this block's units.
     T* At = reinterpret_cast<T*>(tile);
     for (int64_t b0 = 0; b0 < bs; b0 += p.BT) {
       const int nb = static_cast<int>(min64(p.BT, bs - b0));
-      __syncthreads();
+      if (b0 > 0) __syncthreads();
       for (int r = warp; r < p.BT; r += kWarps) {
         const int64_t b = b0 + r;
         const T* src = nullptr;
         if (r < nb) src = b < pbs ? y + (poff + b) * P : h0 + b * P;
-        stage_row(At + static_cast<int64_t>(r) * p.Kp, src, static_cast<int>(P), p.Kp, lane);
+        stage_row(At + static_cast<int64_t>(r) * p.ldw, src, static_cast<int>(P), p.ldw, lane);
       }
       __syncthreads();
-      const int ngroups = (nb + 3) / 4;
-      for (int item = warp; item < nu * ngroups; item += kWarps) {
-        const int u = item % nu, ag = item / nu;
-        float acc[16];
+      const int nsplit = tile_products<T>(Wh, At, p, nu, nb, red, lane, warp);
+      __syncthreads();
+      for (int i = threadIdx.x; i < nu * nb; i += kThreads) {
+        const int u = i % nu, r = i / nu;
+        const int64_t b = b0 + r, j = j0 + u, row = off + b;
+        float* gr = a.gates + row * H4 + j;
+        float x[4];
 #pragma unroll
-        for (int i = 0; i < 16; ++i) acc[i] = 0.f;
-        dot4x4(Wh + static_cast<int64_t>(u) * 4 * p.Kp, p.Kp,
-               At + static_cast<int64_t>(ag) * 4 * p.Kp, p.Kp, p.Kp, lane, acc);
-        const float v = reduce16(acc, lane);
-        float gv[4];
-#pragma unroll
-        for (int g = 0; g < 4; ++g) gv[g] = __shfl_sync(0xffffffffu, v, 8 * g + 2 * (lane & 3));
-        const int a_row = ag * 4 + lane;
-        if (lane < 4 && a_row < nb) {
-          const int64_t b = b0 + a_row;
-          const int64_t j = j0 + u;
-          const int64_t row = off + b;
-          float* gr = a.gates + row * H4 + j;
-          const float gi = sigmoidf_(gv[0] + gr[0]);
-          const float gf = sigmoidf_(gv[1] + gr[H]);
-          const float gg = tanhf(gv[2] + gr[2 * H]);
-          const float go = sigmoidf_(gv[3] + gr[3 * H]);
-          float* cp = cs + b * p.U + u;
-          const float c = gf * *cp + gi * gg;
-          *cp = c;
-          const float h = go * tanhf(c);
-          if (a.save) {
-            gr[0] = gi;
-            gr[H] = gf;
-            gr[2 * H] = gg;
-            gr[3 * H] = go;
-            a.cells[row * H + j] = c;
+        for (int g = 0; g < 4; ++g) {
+          x[g] = (b0 == 0 && i == static_cast<int>(threadIdx.x)) ? pre[g] : gr[g * H];
+          for (int ks = 0; ks < nsplit; ++ks) {
+            x[g] += red[static_cast<int64_t>(ks) * p.Mpad * p.BT + (u * 4 + g) * p.BT + r];
           }
-          if (PROJ) {
-            a.h_pre[b * H + j] = h;
-          } else {
-            const T hv = from_f<T>(h);
-            y[row * P + j] = hv;
-            if (last_step || b >= nbs) h_n[b * P + j] = hv;
-          }
+        }
+        const float gi = sigmoidf_(x[0]), gf = sigmoidf_(x[1]);
+        const float gg = tanhf(x[2]), go = sigmoidf_(x[3]);
+        float* cp = cs + b * p.U + u;
+        const float c = gf * *cp + gi * gg;
+        *cp = c;
+        const float h = go * tanhf(c);
+        if (a.save) {
+          gr[0] = gi;
+          gr[H] = gf;
+          gr[2 * H] = gg;
+          gr[3 * H] = go;
+          a.cells[row * H + j] = c;
+        }
+        if (PROJ) {
+          h_pre[b * H + j] = h;
+        } else {
+          const T hv = from_f<T>(h);
+          y[row * P + j] = hv;
+          if (last_step || b >= nbs) h_n[b * P + j] = hv;
         }
       }
     }
+    signal_epoch(flags_a, epoch + 1);
 
     if (PROJ) {
       // Phase B: y[:, q0..q0+nq) = h_pre W_hr[q0..]^T.
-      grid.sync();
+      wait_epoch(flags_a, epoch + 1);
       float* Af = reinterpret_cast<float*>(tile);
       const int ngq = (nq + 3) / 4;
       for (int64_t b0 = 0; b0 < bs; b0 += p.BT) {
         const int nb = static_cast<int>(min64(p.BT, bs - b0));
-        __syncthreads();
+        if (b0 > 0) __syncthreads();
         for (int r = warp; r < p.BT; r += kWarps) {
-          const float* src = r < nb ? a.h_pre + (b0 + r) * H : nullptr;
+          const float* src = r < nb ? h_pre + (b0 + r) * H : nullptr;
           stage_row(Af + static_cast<int64_t>(r) * p.Kh, src, static_cast<int>(H), p.Kh, lane);
         }
         __syncthreads();
@@ -173,10 +227,11 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
           }
         }
       }
+      signal_epoch(flags_b, epoch + 1);
     }
-    grid.sync();
   }
 
+  __syncthreads();
   for (int64_t i = threadIdx.x; i < a.max_bs * p.U; i += kThreads) {
     const int64_t b = i / p.U;
     const int u = static_cast<int>(i % p.U);
@@ -195,14 +250,20 @@ FwdPlan make_plan(const ForwardArgs& a, int64_t max_batch) {
   p.Q = PROJ ? static_cast<int>((a.P + grid - 1) / grid) : p.U;
   p.Kp = static_cast<int>(round_up(a.P, kChunk));
   p.Kh = static_cast<int>(round_up(a.H, kChunk));
-  const int64_t fixed = p.U * 4 * p.Kp * sz + (PROJ ? round_up(p.Q, 4) * p.Kh * sz : 0) +
+  p.ldw = p.Kp + (kMma<T> ? 8 : 0);
+  p.Mpad = static_cast<int>(kMma<T> ? round_up(4 * p.U, 16) : 4 * p.U);
+  const int step = kMma<T> ? 8 : 4;
+  const int64_t fixed = p.Mpad * p.ldw * sz + (PROJ ? round_up(p.Q, 4) * p.Kh * sz : 0) +
                         round_up(a.max_bs * p.U * 4, 16);
-  for (int bt = static_cast<int>(std::min<int64_t>(32, round_up(a.max_bs, 4))); bt >= 4; bt -= 4) {
-    const int64_t tile = round_up(std::max<int64_t>(bt * p.Kp * sz, PROJ ? bt * p.Kh * 4 : 0), 16);
-    if (fixed + tile <= d.smem_optin) {
+  for (int bt = static_cast<int>(std::min<int64_t>(32, round_up(a.max_bs, step))); bt >= step;
+       bt -= step) {
+    const int64_t tile = round_up(std::max<int64_t>(bt * p.ldw * sz, PROJ ? bt * p.Kh * 4 : 0), 16);
+    const int64_t red = (kMma<T> ? std::max(128, p.Mpad) : p.Mpad) * static_cast<int64_t>(bt);
+    if (fixed + tile + red * 4 <= d.smem_optin) {
       p.BT = bt;
       p.tile_bytes = tile;
-      p.smem = fixed + tile;
+      p.red_floats = red;
+      p.smem = fixed + tile + red * 4;
       break;
     }
   }

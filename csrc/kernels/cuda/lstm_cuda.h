@@ -45,7 +45,8 @@ struct ForwardArgs {
   void* y = nullptr;            // [N, P] scalar, written: h of every row
   void* h_n = nullptr;          // [B, P] scalar, written
   void* c_n = nullptr;          // [B, H] scalar, written
-  float* h_pre = nullptr;       // [B, H] workspace when w_hr: o * tanh(c) of the current step
+  float* h_pre = nullptr;       // [2, B, H] workspace when w_hr: o * tanh(c), by step parity
+  unsigned* flags = nullptr;    // [2 * grid] workspace, zeroed before the launch (persistent only)
 };
 
 struct BackwardArgs {
@@ -71,6 +72,7 @@ struct BackwardArgs {
   float* h_pre = nullptr;    // [N, H] written when w_hr: o * tanh(c) of every row
   void* dh0 = nullptr;       // [B, P] scalar, written
   void* dc0 = nullptr;       // [B, H] scalar, written
+  unsigned* flags = nullptr;  // [2 * grid] workspace, zeroed before the launch (persistent only)
 };
 
 // Persistent cooperative kernels: one launch runs the whole time loop; each block keeps its slice
