@@ -132,6 +132,8 @@ LARGER = [
     Config(T=6, B=64, I=16, H=128, dtype=torch.float32),
     Config(T=12, B=24, I=32, H=96, num_layers=2, bidirectional=True, input_kind="packed_sorted",
            dtype=torch.float64),
+    Config(T=10, B=1, I=24, H=128, proj_size=40, dtype=torch.float32),  # small-batch (GEMV) path
+    Config(T=10, B=2, I=24, H=100, bidirectional=True, dtype=torch.float64),
 ]
 
 
@@ -141,6 +143,56 @@ def test_parity_larger(cfg, threads):
     """A few larger shapes (vector paths, hidden units split over threads)."""
     with num_threads(threads):
         check_parity(cfg)
+
+
+LARGER_BF16 = [
+    Config(T=12, B=16, I=40, H=64, num_layers=2, bidirectional=True, proj_size=24,
+           dtype=torch.bfloat16),
+    Config(T=9, B=24, I=20, H=80, input_kind="packed_unsorted", dtype=torch.bfloat16),
+    Config(T=8, B=1, I=16, H=128, dtype=torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cfg", LARGER_BF16, ids=case_id)
+def test_parity_bfloat16_larger(cfg, threads):
+    with num_threads(threads):
+        test_parity_bfloat16(cfg)
+
+
+PARTIAL_LOSSES = {
+    "out_only": lambda out, h, c: out.sum(),
+    "h_n_only": lambda out, h, c: (h * h).sum(),
+    "c_n_last_layer_only": lambda out, h, c: c[-1].sum(),
+    "h_and_c_of_reverse_direction": lambda out, h, c: h[1::2].sum() + c[1::2].pow(2).sum(),
+}
+
+
+@pytest.mark.parametrize("loss_fn", PARTIAL_LOSSES.values(), ids=PARTIAL_LOSSES.keys())
+@pytest.mark.parametrize("kind", ["dense", "packed_unsorted"])
+def test_backward_with_unused_outputs_and_frozen_params(loss_fn, kind):
+    """Outputs that do not reach the loss (None grads) and parameters that do not require grad."""
+    cfg = Config(T=5, B=3, I=4, H=6, num_layers=2, bidirectional=True, proj_size=3,
+                 input_kind=kind)
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    results = []
+    for model in (ref, ours):
+        model.weight_ih_l0.requires_grad_(False)
+        model.bias_hh_l1_reverse.requires_grad_(False)
+        x = data.x.clone().requires_grad_()
+        h0 = data.h0.clone()  # no grad wanted for h0
+        c0 = data.c0.clone().requires_grad_()
+        inp = x
+        if cfg.packed:
+            inp = torch.nn.utils.rnn.pack_padded_sequence(x, data.lengths, enforce_sorted=False)
+        out, (h, c) = model(inp, (h0, c0))
+        out = out.data if cfg.packed else out
+        loss = loss_fn(out, h, c)
+        wanted = [x, c0] + [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, wanted, allow_unused=True)
+        results.append({f"grad{i}": (torch.zeros(()) if g is None else g) for i, g in enumerate(grads)})
+    assert_results_close(results[1], results[0], 1e-9, 1e-9)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -228,3 +280,27 @@ def test_repeated_calls_and_param_updates():
     ref.weight_hh_l1 = torch.nn.Parameter(new.clone())
     ours.weight_hh_l1 = torch.nn.Parameter(new.clone())
     assert_results_close(run_model(ours, cfg, data), run_model(ref, cfg, data), 1e-9, 1e-9)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_autocast_bfloat16_like_nn_lstm(x_dtype):
+    """Under torch.autocast("cpu", bfloat16) nn.LSTM runs in bf16 on fp32 parameters."""
+    cfg = Config(T=5, B=3, I=8, H=16, num_layers=2, bidirectional=True, dtype=torch.float32)
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    results = []
+    for model in (ref, ours):
+        x = data.x.to(x_dtype).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, (h, c) = model(x)
+        loss = (out.float() * data.g_out.float()).sum() + (h.float() * data.g_h.float()).sum()
+        grads = torch.autograd.grad(loss, [x, *model.parameters()])
+        results.append({"out": out.detach(), "h_n": h.detach(), "c_n": c.detach(),
+                        **{f"grad{i}": g for i, g in enumerate(grads)}})
+    expected, actual = results
+    for key in expected:
+        report(key, actual[key], expected[key])
+        assert actual[key].dtype == expected[key].dtype, (key, actual[key].dtype)
+        scale = max(1.0, expected[key].abs().max().item())
+        torch.testing.assert_close(actual[key].float(), expected[key].float(), rtol=5e-2,
+                                   atol=5e-2 * scale, msg=key)
