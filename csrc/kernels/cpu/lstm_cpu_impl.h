@@ -19,9 +19,29 @@ namespace lstm_fused {
 namespace cpu {
 namespace LSTM_ISA {
 
-// Conversions and activations. They live in this namespace (not in a shared header) so that each
-// instruction set gets its own copy: one inline function compiled for two targets would break ODR
-// and the linker could hand the AVX-512 copy to the baseline path.
+// Everything below lives in this namespace (not in a shared header) so that each instruction set
+// gets its own copy: one inline function compiled for two targets would break ODR and the linker
+// could hand the AVX-512 copy to the baseline path.
+
+// Vector registers through GCC's vector extensions: one source, any target width.
+typedef float vfloat __attribute__((vector_size(LSTM_VEC_BYTES)));
+typedef double vdouble __attribute__((vector_size(LSTM_VEC_BYTES)));
+typedef int32_t vint __attribute__((vector_size(LSTM_VEC_BYTES)));
+template <typename acc_t> struct VecOf;
+template <> struct VecOf<float> { using type = vfloat; };
+template <> struct VecOf<double> { using type = vdouble; };
+
+template <typename V, typename T>
+inline V loadu(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename V, typename T>
+inline void storeu(T* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
 inline float to_acc(float v) { return v; }
 inline double to_acc(double v) { return v; }
 inline float to_acc(bf16_t v) {
@@ -42,33 +62,46 @@ template <> inline bf16_t from_acc<bf16_t>(float v) {
   return bf16_t{static_cast<uint16_t>(u >> 16)};
 }
 
-// exp for float in plain arithmetic so that it vectorizes (libm's does not without -ffast-math):
-// Cody-Waite range reduction and a degree-6 polynomial, about 1 ulp; NaN stays NaN.
-inline float exp_(float x) {
-  x = x < -87.33654f ? -87.33654f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
+// exp for float vectors in plain arithmetic (libm's does not vectorize without -ffast-math):
+// Cody-Waite range reduction and a degree-6 polynomial, within about 2 ulp; NaN stays NaN
+// (every comparison with NaN is false, so the clamps pass it through).
+inline vfloat exp_v(vfloat x) {
+  const vfloat lo = vfloat{} - 87.33654f, hi = vfloat{} + 88.0f;
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const vfloat magic = vfloat{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const vfloat n = (x * 1.44269504088896341f + magic) - magic;
+  vfloat r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
-  float q = 1.9875691500e-4f;
+  vfloat q = vfloat{} + 1.9875691500e-4f;
   q = q * r + 1.3981999507e-3f;
   q = q * r + 8.3334519073e-3f;
   q = q * r + 4.1665795894e-2f;
   q = q * r + 1.6666665459e-1f;
   q = q * r + 5.0000001201e-1f;
-  const float e = q * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return e * scale;
+  const vfloat e = q * r * r + r + 1.0f;
+  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
+  return e * (vfloat)bits;  // a GCC vector cast between equal sizes reinterprets the bits
 }
-inline double exp_(double x) { return std::exp(x); }
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp_(-x)); }
+inline vfloat sigmoid_v(vfloat x) { return 1.0f / (1.0f + exp_v(-x)); }
+inline vfloat tanh_v(vfloat x) {
+  const vfloat ax = x < 0.0f ? -x : x;
+  const vfloat e = exp_v(-2.0f * ax);
+  const vfloat r = (1.0f - e) / (1.0f + e);
+  return x < 0.0f ? -r : r;
+}
+// float64 is the accuracy path: libm per lane.
+inline vdouble sigmoid_v(vdouble x) {
+  for (int l = 0; l < static_cast<int>(sizeof(vdouble) / sizeof(double)); ++l) x[l] = 1.0 / (1.0 + std::exp(-x[l]));
+  return x;
+}
+inline vdouble tanh_v(vdouble x) {
+  for (int l = 0; l < static_cast<int>(sizeof(vdouble) / sizeof(double)); ++l) x[l] = std::tanh(x[l]);
+  return x;
+}
+inline float sigmoid(float x) { return sigmoid_v(vfloat{} + x)[0]; }
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline float tanh_(float x) {
-  const float e = exp_(-2.0f * std::fabs(x));
-  return std::copysign((1.0f - e) / (1.0f + e), x);
-}
+inline float tanh_(float x) { return tanh_v(vfloat{} + x)[0]; }
 inline double tanh_(double x) { return std::tanh(x); }
 
 // U: acc_t lanes of one vector register; hidden units are packed in blocks of U.
@@ -88,24 +121,53 @@ inline void split_range(int64_t n, int tid, int nt, int64_t* begin, int64_t* end
   *end = n * (tid + 1) / nt;
 }
 
-// acc[r][0:NCOL] += sum_k a[r][k] * b[k][0:NCOL] for r < MR. Rows of A come as pointers so the
-// caller can map tile rows onto any rows (a partial tile repeats its last row; those results are
-// dropped). b is packed with row stride ldb.
-template <int MR, int NCOL, typename acc_t>
-inline void mac_tile(int64_t K, const acc_t* const (&a)[MR], const acc_t* b, int64_t ldb,
-                     acc_t (&acc)[MR][NCOL]) {
+// The first n lanes of p (n <= U), zeros after.
+template <typename V, typename acc_t>
+inline V load_n(const acc_t* p, int n) {
+  constexpr int U = sizeof(V) / sizeof(acc_t);
+  if (n == U) return loadu<V>(p);
+  acc_t tmp[U] = {};
+  for (int i = 0; i < n; ++i) tmp[i] = p[i];
+  return loadu<V>(tmp);
+}
+// Stores the first n lanes of v to p, converting to scalar_t.
+template <typename scalar_t, typename V>
+inline void store_n(scalar_t* p, V v, int n) {
+  using acc_t = std::remove_reference_t<decltype(v[0])>;
+  constexpr int U = sizeof(V) / sizeof(acc_t);
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (n == U) return storeu(p, v);
+  }
+  for (int i = 0; i < n; ++i) p[i] = from_acc<scalar_t>(v[i]);
+}
+
+// a in every lane (a - 0 folds away exactly, signed zeros included, leaving one broadcast).
+template <typename V, typename acc_t>
+inline V splat(acc_t a) {
+  return a - V{};
+}
+
+// acc[r][v] += sum_k a[r][k] * b[k][v*U : v*U+U] for r < MR, v < NV: a register tile of MR rows
+// by NV vectors. Rows of A come as pointers so the caller can map tile rows onto any rows (a
+// partial tile repeats its last row; those results are dropped). b is packed, row stride ldb.
+template <int MR, int NV, typename acc_t, typename V>
+inline void mac_tile(int64_t K, const acc_t* const (&a)[MR], const acc_t* b, int64_t ldb, V (&acc)[MR][NV]) {
+  constexpr int U = sizeof(V) / sizeof(acc_t);
   for (int64_t k = 0; k < K; ++k) {
-    const acc_t* brow = b + k * ldb;
+    V bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = loadu<V>(b + k * ldb + v * U);
+#pragma GCC unroll 4
     for (int r = 0; r < MR; ++r) {
-      const acc_t av = a[r][k];
-#pragma omp simd
-      for (int c = 0; c < NCOL; ++c) acc[r][c] += av * brow[c];
+      const V av = splat<V>(a[r][k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
     }
   }
 }
 
 // Row index helpers for the packed/dense row layout of lstm.h.
-struct Steps {
+struct Steps {  // row index helpers, see lstm.h
   std::vector<int64_t> off;  // off[t]: first row of step t; off[T] = N
   const int64_t* batch_sizes;
   int64_t T, B;
@@ -126,41 +188,67 @@ struct Steps {
   }
 };
 
-// The cell update of one row of a gate tile: acc holds the pre-activations of U units (i, f, g, o
-// blocks of U). Writes c to the state, h to h_out (stride 1), and the saved activations.
-template <typename scalar_t, typename acc_t>
-inline void cell_update(const acc_t* acc, int nu, acc_t* c_state, acc_t* h_out, acc_t* gates_row,
-                        int64_t H, acc_t* cells_row) {
+// What the forward's threads share: sizes, packed weights and state buffers.
+template <typename acc_t>
+struct ForwardCtx {
+  int64_t H, P, G, Hp;
+  bool proj;
+  const Steps* steps;
+  const acc_t* wp;  // packed W_hh^T [P][nblk][4][U]
+  acc_t* cst;       // [B, Hp] cell state
+  acc_t* hpre;      // [B, Hp] o * tanh(c) before the projection
+};
+
+// One register tile of the forward: MR rows (r0..) by one block of U units, all four gates; the
+// matrix product, then the cell update on the registers.
+template <int MR, typename scalar_t, typename acc_t>
+inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
+                      int64_t r0, int64_t row0, int64_t t, const acc_t* hcur, acc_t* hnext) {
+  using V = typename VecOf<acc_t>::type;
   constexpr int U = Tiling<acc_t>::U;
-  acc_t iv[U], fv[U], gv[U], ov[U], cv[U];
-#pragma omp simd
-  for (int u = 0; u < U; ++u) {
-    iv[u] = sigmoid(acc[u]);
-    fv[u] = sigmoid(acc[U + u]);
-    gv[u] = tanh_(acc[2 * U + u]);
-    ov[u] = sigmoid(acc[3 * U + u]);
+  const int64_t H = x.H, P = x.P, G = x.G, j0 = blk * U;
+  const int nu = static_cast<int>(std::min<int64_t>(U, H - j0));
+  const acc_t* arows[MR];
+  V acc[MR][4];
+  for (int r = 0; r < MR; ++r) {
+    arows[r] = hcur + (r0 + r) * P;
+    const acc_t* xg = p.gates + (row0 + r0 + r) * G + j0;
+    for (int g = 0; g < 4; ++g) acc[r][g] = load_n<V>(xg + g * H, nu);
   }
-  // Lanes past nu are padding: their pre-activations and cell state are zero and stay finite.
-#pragma omp simd
-  for (int u = 0; u < U; ++u) {
-    cv[u] = fv[u] * c_state[u] + iv[u] * gv[u];
-    c_state[u] = cv[u];
-    h_out[u] = ov[u] * tanh_(cv[u]);
-  }
-  if (gates_row) {
-    for (int u = 0; u < nu; ++u) {
-      gates_row[u] = iv[u];
-      gates_row[H + u] = fv[u];
-      gates_row[2 * H + u] = gv[u];
-      gates_row[3 * H + u] = ov[u];
-      cells_row[u] = cv[u];
+  mac_tile<MR, 4>(P, arows, x.wp + blk * 4 * U, 4 * x.Hp, acc);
+  for (int r = 0; r < MR; ++r) {
+    const int64_t b = r0 + r, row = row0 + b;
+    const V i = sigmoid_v(acc[r][0]), f = sigmoid_v(acc[r][1]);
+    const V g = tanh_v(acc[r][2]), o = sigmoid_v(acc[r][3]);
+    // Lanes past nu are padding: zero pre-activations and cell state, which stay finite.
+    acc_t* cs = x.cst + b * x.Hp + j0;
+    const V c = f * loadu<V>(cs) + i * g;
+    storeu(cs, c);
+    const V h = o * tanh_v(c);
+    if (p.save) {
+      acc_t* grow = p.gates + row * G + j0;
+      store_n(grow, i, nu);
+      store_n(grow + H, f, nu);
+      store_n(grow + 2 * H, g, nu);
+      store_n(grow + 3 * H, o, nu);
+      store_n(p.cells + row * H + j0, c, nu);
     }
+    const bool last = x.steps->last(t, b, p.reverse);
+    if (x.proj) {
+      storeu(x.hpre + b * x.Hp + j0, h);
+    } else {
+      store_n(hnext + b * P + j0, h, nu);
+      store_n(p.y + row * P + j0, h, nu);
+      if (last) store_n(p.h_n + b * P + j0, h, nu);
+    }
+    if (last) store_n(p.c_n + b * H + j0, c, nu);
   }
 }
 
 template <typename scalar_t, typename acc_t>
 void forward(const ForwardParams<scalar_t, acc_t>& p) {
   using Tl = Tiling<acc_t>;
+  using V = typename VecOf<acc_t>::type;
   constexpr int U = Tl::U, MR = Tl::MR, NR = Tl::NR;
   const int64_t T = p.T, B = p.B, H = p.H, P = p.P, G = 4 * H;
   const int64_t Hp = round_up(H, U), Pp = round_up(P, U);
@@ -192,6 +280,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   for (int64_t i = first_rows * P; i < B * P; ++i) p.h_n[i] = p.h0[i];
   for (int64_t i = first_rows * H; i < B * H; ++i) p.c_n[i] = p.c0[i];
 
+  const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp.data(), cst.data(), hpre.data()};
   const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(nblk)));
 #pragma omp parallel num_threads(nt_req)
   {
@@ -199,47 +288,23 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
     int64_t ub0, ub1, pb0, pb1;
     split_range(nblk, tid, nt, &ub0, &ub1);
     split_range(Pp / U, tid, nt, &pb0, &pb1);
-    acc_t hrow[U];
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = p.reverse ? T - 1 - s : s;
       const int64_t rows = steps.rows(t), row0 = steps.off[t];
       const acc_t* hcur = hbuf.data() + (s & 1) * B * P;
       acc_t* hnext = hbuf.data() + ((s + 1) & 1) * B * P;
-      for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-        const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
-        const acc_t* arows[MR];
-        for (int r = 0; r < MR; ++r) arows[r] = hcur + (r0 + std::min(r, mr - 1)) * P;
-        for (int64_t blk = ub0; blk < ub1; ++blk) {
-          const int64_t j0 = blk * U;
-          const int nu = static_cast<int>(std::min<int64_t>(U, H - j0));
-          acc_t acc[MR][NR];
-          for (int r = 0; r < MR; ++r) {
-            const acc_t* xg = p.gates + (row0 + r0 + std::min(r, mr - 1)) * G + j0;
-            for (int g = 0; g < 4; ++g) {
-              for (int u = 0; u < nu; ++u) acc[r][g * U + u] = xg[g * H + u];
-              for (int u = nu; u < U; ++u) acc[r][g * U + u] = 0;
-            }
-          }
-          mac_tile<MR, NR>(P, arows, wp.data() + blk * NR, 4 * Hp, acc);
-          for (int r = 0; r < mr; ++r) {
-            const int64_t b = r0 + r, row = row0 + b;
-            acc_t* grow = p.save ? p.gates + row * G + j0 : nullptr;
-            acc_t* crow = p.save ? p.cells + row * H + j0 : nullptr;
-            cell_update<scalar_t>(acc[r], nu, cst.data() + b * Hp + j0, hrow, grow, H, crow);
-            const bool last = steps.last(t, b, p.reverse);
-            for (int u = 0; u < nu; ++u) {
-              if (proj) {
-                hpre[b * Hp + j0 + u] = hrow[u];
-              } else {
-                hnext[b * P + j0 + u] = hrow[u];
-                p.y[row * P + j0 + u] = from_acc<scalar_t>(hrow[u]);
-                if (last) p.h_n[b * P + j0 + u] = from_acc<scalar_t>(hrow[u]);
-              }
-              if (last) p.c_n[b * H + j0 + u] = from_acc<scalar_t>(cst[b * Hp + j0 + u]);
-            }
+      // Unit blocks outside, rows inside: a block's slice of W_hh (P x 4U) stays in L1/L2 while
+      // every row tile streams past it, so W_hh is read once per step.
+      for (int64_t blk = ub0; blk < ub1; ++blk)
+        for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+          const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
+          switch (mr) {
+            case 1: gate_tile<1>(p, ctx, blk, r0, row0, t, hcur, hnext); break;
+            case 2: gate_tile<2>(p, ctx, blk, r0, row0, t, hcur, hnext); break;
+            case 3: gate_tile<3>(p, ctx, blk, r0, row0, t, hcur, hnext); break;
+            default: gate_tile<MR>(p, ctx, blk, r0, row0, t, hcur, hnext); break;
           }
         }
-      }
       if (proj) {
         // h_t = W_hr (o * tanh(c)): every thread needs all units, so wait for them first.
 #pragma omp barrier
@@ -248,18 +313,14 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
           const acc_t* arows[MR];
           for (int r = 0; r < MR; ++r) arows[r] = hpre.data() + (r0 + std::min(r, mr - 1)) * Hp;
           for (int64_t pb = pb0; pb < pb1; ++pb) {
-            acc_t acc[MR][U] = {};
-            mac_tile<MR, U>(H, arows, wr.data() + pb * U, Pp, acc);
+            V acc[MR][1] = {};
+            mac_tile<MR, 1>(H, arows, wr.data() + pb * U, Pp, acc);
             const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
             for (int r = 0; r < mr; ++r) {
               const int64_t b = r0 + r, row = row0 + b;
-              const bool last = steps.last(t, b, p.reverse);
-              for (int c = 0; c < nc; ++c) {
-                const int64_t col = pb * U + c;
-                hnext[b * P + col] = acc[r][c];
-                p.y[row * P + col] = from_acc<scalar_t>(acc[r][c]);
-                if (last) p.h_n[b * P + col] = from_acc<scalar_t>(acc[r][c]);
-              }
+              store_n(hnext + b * P + pb * U, acc[r][0], nc);
+              store_n(p.y + row * P + pb * U, acc[r][0], nc);
+              if (steps.last(t, b, p.reverse)) store_n(p.h_n + b * P + pb * U, acc[r][0], nc);
             }
           }
         }
@@ -274,6 +335,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
 template <typename scalar_t, typename acc_t>
 void backward(const BackwardParams<scalar_t, acc_t>& p) {
   using Tl = Tiling<acc_t>;
+  using V = typename VecOf<acc_t>::type;
   constexpr int U = Tl::U, MR = Tl::MR;
   const int64_t T = p.T, B = p.B, H = p.H, P = p.P, G = 4 * H;
   const int64_t Hp = round_up(H, U), Pp = round_up(P, U);
@@ -321,10 +383,9 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
           const acc_t* arows[MR];
           for (int r = 0; r < MR; ++r) arows[r] = dht.data() + (r0 + std::min(r, mr - 1)) * P;
           for (int64_t blk = ub0; blk < ub1; ++blk) {
-            acc_t acc[MR][U] = {};
-            mac_tile<MR, U>(P, arows, wr.data() + blk * U, Hp, acc);
-            for (int r = 0; r < mr; ++r)
-              for (int u = 0; u < U; ++u) dhp[(r0 + r) * Hp + blk * U + u] = acc[r][u];
+            V acc[MR][1] = {};
+            mac_tile<MR, 1>(P, arows, wr.data() + blk * U, Hp, acc);
+            for (int r = 0; r < mr; ++r) storeu(dhp.data() + (r0 + r) * Hp + blk * U, acc[r][0]);
           }
         }
       }
@@ -361,11 +422,10 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
         const acc_t* arows[MR];
         for (int r = 0; r < MR; ++r) arows[r] = p.dgates + (row0 + r0 + std::min(r, mr - 1)) * G;
         for (int64_t pb = pb0; pb < pb1; ++pb) {
-          acc_t acc[MR][U] = {};
-          mac_tile<MR, U>(G, arows, wh.data() + pb * U, Pp, acc);
+          V acc[MR][1] = {};
+          mac_tile<MR, 1>(G, arows, wh.data() + pb * U, Pp, acc);
           const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
-          for (int r = 0; r < mr; ++r)
-            for (int c = 0; c < nc; ++c) dh[(r0 + r) * P + pb * U + c] = acc[r][c];
+          for (int r = 0; r < mr; ++r) store_n(dh.data() + (r0 + r) * P + pb * U, acc[r][0], nc);
         }
       }
 #pragma omp barrier
