@@ -223,7 +223,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cuda
   const bool proj = w_hr.defined();
   const auto acc_opts = x.options().dtype(acc);
 
-  Tensor dgates = at::empty({s.N, 4 * s.H}, acc_opts);
+  Tensor dgates;  // input dtype from the persistent kernel, accumulation dtype from the fallback
   Tensor h_prev = at::empty({s.N, s.P}, x.options());
   Tensor dh_out = proj ? at::empty({s.N, s.P}, acc_opts) : Tensor();
   Tensor h_pre = proj ? at::empty({s.N, s.H}, acc_opts) : Tensor();
@@ -231,6 +231,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cuda
   Tensor dc0 = at::empty({s.B, s.H}, x.options());
 
   if (s.T == 0 || s.N == 0) {
+    dgates = at::empty({s.N, 4 * s.H}, acc_opts);
     dh0.copy_(grad_hn);
     dc0.copy_(grad_cn);
   } else {
@@ -257,7 +258,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cuda
       a.y = y.data_ptr();
       a.gates = gates.data_ptr<float>();
       a.cells = cells.data_ptr<float>();
-      a.dgates = dgates.data_ptr<float>();
       a.h_prev = h_prev.data_ptr();
       a.dh_out = proj ? dh_out.data_ptr<float>() : nullptr;
       a.h_pre = proj ? h_pre.data_ptr<float>() : nullptr;
@@ -269,6 +269,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cuda
         const Tensor flags = at::zeros({2 * grid}, x.options().dtype(at::kInt));
         a.offsets = offsets.defined() ? offsets.data_ptr<int64_t>() : nullptr;
         a.flags = reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>());
+        dgates = at::empty({s.N, 4 * s.H}, x.options());
+        a.dgates = dgates.data_ptr();
         check_launch(cuda::backward_persistent(a, kind, stream), "backward_persistent");
         done = true;
       }
@@ -276,6 +278,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cuda
     if (!done) {
       // Fallback: per visited step a pointwise kernel and the GEMM dh_{t-1} = dgates_t W_hh,
       // in the accumulation dtype.
+      dgates = at::empty({s.N, 4 * s.H}, acc_opts);
       Tensor dh_rec = grad_hn.to(acc, false, /*copy=*/true);
       Tensor dc_state = grad_cn.to(acc, false, /*copy=*/true);
       const Tensor w_hh_a = w_hh.to(acc);
@@ -325,13 +328,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cuda
   }
 
   // Weight, bias and input gradients: GEMMs over all rows (half types in their own dtype on the
-  // tensor cores, fp32 accumulation inside cuBLAS); db is a column sum in the accumulation dtype.
-  const Tensor dg = acc != dtype ? dgates.to(dtype) : dgates;
+  // tensor cores, fp32 accumulation inside cuBLAS); db is a column sum accumulated in fp32.
+  const Tensor dg = dgates.scalar_type() != dtype ? dgates.to(dtype) : dgates;
   const Tensor x2 = x.reshape({s.N, s.I});
   Tensor dx = at::mm(dg, w_ih).view(x.sizes());
   Tensor dw_ih = at::mm(dg.t(), x2);
   Tensor dw_hh = at::mm(dg.t(), h_prev);
-  Tensor db = has_bias ? dgates.sum(0).to(dtype) : at::empty({0}, x.options());
+  Tensor db = has_bias ? dgates.sum(0, /*keepdim=*/false, acc).to(dtype) : at::empty({0}, x.options());
   Tensor dw_hr = proj ? at::mm(dh_out.to(dtype).t(), h_pre.to(dtype)) : at::empty({0}, x.options());
   return {dx, dw_ih, dw_hh, db, dw_hr, dh0, dc0};
 }

@@ -22,8 +22,10 @@ struct BwdPlan {
   int grid = 0;
   int U = 0, Q = 0;    // units and W_hh columns per block
   int K4 = 0, Kp = 0;  // 4H and P padded to kChunk
+  int ldk = 0;         // row stride of the W_hh^T slice and of the dgates tile (K4, +8 for MMA)
+  int Qm = 0;          // rows of the W_hh^T slice in shared memory (Q padded to 4, or 16 for MMA)
   int BT = 0;
-  int64_t tile_bytes = 0, state_bytes = 0;
+  int64_t red_floats = 0, tile_bytes = 0, state_bytes = 0;
   int64_t smem = 0;
 };
 
@@ -50,17 +52,17 @@ __device__ __forceinline__ CellIn load_cell(const BackwardArgs& a, const Steps& 
   return in;
 }
 
-template <bool PROJ>
+template <typename T, bool PROJ>
 __device__ __forceinline__ void cell_grad(const BackwardArgs& a, int64_t row, int64_t j,
                                           float* dcp, float dh, const CellIn& in) {
   const int64_t H = a.H;
   const float tc = tanhf(in.c);
   const float dc = *dcp + dh * in.go * (1.f - tc * tc);
-  float* dg = a.dgates + row * 4 * H + j;
-  dg[0] = dc * in.gg * in.gi * (1.f - in.gi);
-  dg[H] = dc * in.cprev * in.gf * (1.f - in.gf);
-  dg[2 * H] = dc * in.gi * (1.f - in.gg * in.gg);
-  dg[3 * H] = dh * tc * in.go * (1.f - in.go);
+  T* dg = static_cast<T*>(a.dgates) + row * 4 * H + j;
+  dg[0] = from_f<T>(dc * in.gg * in.gi * (1.f - in.gi));
+  dg[H] = from_f<T>(dc * in.cprev * in.gf * (1.f - in.gf));
+  dg[2 * H] = from_f<T>(dc * in.gi * (1.f - in.gg * in.gg));
+  dg[3 * H] = from_f<T>(dh * tc * in.go * (1.f - in.go));
   *dcp = dc * in.gf;
   if (PROJ) a.h_pre[row * H + j] = in.go * tc;
 }
@@ -76,13 +78,15 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
   const int nu = static_cast<int>(max64(0, min64(p.U, H - j0)));
   const int q0 = PROJ ? blockIdx.x * p.Q : j0;
   const int nq = PROJ ? static_cast<int>(max64(0, min64(p.Q, P - q0))) : nu;
-  const int Qp = static_cast<int>(round_up(p.Q, 4)), Up = static_cast<int>(round_up(p.U, 4));
+  const int Up = static_cast<int>(round_up(p.U, 4));
 
-  T* WT = reinterpret_cast<T*>(smem);                  // [Qp][K4]: row q = W_hh[:, q0+q]
-  T* WrT = WT + static_cast<int64_t>(Qp) * p.K4;       // [Up][Kp]: row u = W_hr[:, j0+u]
+  T* WT = reinterpret_cast<T*>(smem);                  // [Qm][ldk]: row q = W_hh[:, q0+q]
+  T* WrT = WT + static_cast<int64_t>(p.Qm) * p.ldk;    // [Up][Kp]: row u = W_hr[:, j0+u]
   unsigned char* tile = reinterpret_cast<unsigned char*>(WrT + (PROJ ? Up * p.Kp : 0));
-  float* dcs = reinterpret_cast<float*>(tile + p.tile_bytes);                  // [max_bs][U]
-  float* dhs = reinterpret_cast<float*>(tile + p.tile_bytes + p.state_bytes);  // [max_bs][U]
+  float* red = reinterpret_cast<float*>(tile + p.tile_bytes);   // [ksplit][Qm][BT]
+  float* dcs = red + p.red_floats;                               // [max_bs][U]
+  float* dhs = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(dcs) + p.state_bytes);
+  const T* dgates = static_cast<const T*>(a.dgates);
 
   const T* w_hh = static_cast<const T*>(a.w_hh);
   const T* w_hr = static_cast<const T*>(a.w_hr);
@@ -96,8 +100,8 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
   T* dc0 = static_cast<T*>(a.dc0);
 
   // Transposed weight slices: strided reads, once per launch.
-  for (int64_t i = threadIdx.x; i < static_cast<int64_t>(Qp) * p.K4; i += kThreads) {
-    const int64_t q = i / p.K4, k = i % p.K4;
+  for (int64_t i = threadIdx.x; i < static_cast<int64_t>(p.Qm) * p.ldk; i += kThreads) {
+    const int64_t q = i / p.ldk, k = i % p.ldk;
     WT[i] = (q < nq && k < H4) ? w_hh[k * P + q0 + q] : T();
   }
   if (PROJ) {
@@ -139,43 +143,35 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
     wait_epoch(flags_b, epoch);
 
     // Phase A: dh of this block's columns.
-    float* At = reinterpret_cast<float*>(tile);
-    const int ngq = (nq + 3) / 4;
+    T* At = reinterpret_cast<T*>(tile);
     for (int64_t b0 = 0; b0 < nrows; b0 += p.BT) {
       const int nb = static_cast<int>(min64(p.BT, nrows - b0));
       if (b0 > 0) __syncthreads();
-      for (int r = warp; r < p.BT; r += kWarps) {
+      stage_tile(At, p.ldk, p.BT, static_cast<int>(H4), [&](int r) -> const T* {
         const int64_t b = b0 + r;
-        const float* src = (r < nb && b < pbs) ? a.dgates + (poff + b) * H4 : nullptr;
-        stage_row(At + static_cast<int64_t>(r) * p.K4, src, static_cast<int>(H4), p.K4, lane);
-      }
+        return (r < nb && b < pbs) ? dgates + (poff + b) * H4 : nullptr;
+      });
       __syncthreads();
-      const int ngroups = (nb + 3) / 4;
-      for (int item = warp; item < ngq * ngroups; item += kWarps) {
-        const int grp = item % ngq, ag = item / ngq;
-        float acc[16];
-#pragma unroll
-        for (int i = 0; i < 16; ++i) acc[i] = 0.f;
-        dot4x4(WT + static_cast<int64_t>(grp) * 4 * p.K4, p.K4,
-               At + static_cast<int64_t>(ag) * 4 * p.K4, p.K4, p.K4, lane, acc);
-        const float v = reduce16(acc, lane);
-        const int idx = (lane >> 1) & 15;
-        const int q = grp * 4 + (idx >> 2), a_row = ag * 4 + (idx & 3);
-        if ((lane & 1) == 0 && q < nq && a_row < nb) {
-          const int64_t b = b0 + a_row, qq = q0 + q;
-          const float rec = b < pbs ? v : to_f(grad_hn[b * P + qq]);
-          if (b < bs) {
-            const int64_t row = off + b;
-            const float dh = rec + to_f(grad_y[row * P + qq]);
-            if (PROJ) {
-              a.dh_out[row * P + qq] = dh;
-            } else {
-              dhs[b * p.U + q] = dh;
-            }
-            h_prev[row * P + qq] = b < fbs ? y[(foff + b) * P + qq] : h0[b * P + qq];
+      const int nsplit = tile_products<T>(WT, p.ldk, p.Qm, (nq + 3) / 4, At, p.ldk, p.K4, nb, p.BT,
+                                          red, lane, warp);
+      __syncthreads();
+      for (int i = threadIdx.x; i < nq * nb; i += kThreads) {
+        const int q = i % nq, r = i / nq;
+        float v = 0.f;
+        for (int ks = 0; ks < nsplit; ++ks) v += red[static_cast<int64_t>(ks) * p.Qm * p.BT + q * p.BT + r];
+        const int64_t b = b0 + r, qq = q0 + q;
+        const float rec = b < pbs ? v : to_f(grad_hn[b * P + qq]);
+        if (b < bs) {
+          const int64_t row = off + b;
+          const float dh = rec + to_f(grad_y[row * P + qq]);
+          if (PROJ) {
+            a.dh_out[row * P + qq] = dh;
           } else {
-            dh0[b * P + qq] = from_f<T>(rec);
+            dhs[b * p.U + q] = dh;
           }
+          h_prev[row * P + qq] = b < fbs ? y[(foff + b) * P + qq] : h0[b * P + qq];
+        } else {
+          dh0[b * P + qq] = from_f<T>(rec);
         }
       }
     }
@@ -190,10 +186,9 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
       for (int64_t b0 = 0; b0 < bs; b0 += p.BT) {
         const int nb = static_cast<int>(min64(p.BT, bs - b0));
         if (b0 > 0) __syncthreads();
-        for (int r = warp; r < p.BT; r += kWarps) {
-          const float* src = r < nb ? a.dh_out + (off + b0 + r) * P : nullptr;
-          stage_row(Af + static_cast<int64_t>(r) * p.Kp, src, static_cast<int>(P), p.Kp, lane);
-        }
+        stage_tile(Af, p.Kp, p.BT, static_cast<int>(P), [&](int r) -> const float* {
+          return r < nb ? a.dh_out + (off + b0 + r) * P : nullptr;
+        });
         __syncthreads();
         const int ngroups = (nb + 3) / 4;
         for (int item = warp; item < ngu * ngroups; item += kWarps) {
@@ -208,7 +203,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
           const int u = grp * 4 + (idx >> 2), a_row = ag * 4 + (idx & 3);
           if ((lane & 1) == 0 && u < nu && a_row < nb) {
             const int64_t b = b0 + a_row;
-            cell_grad<PROJ>(a, off + b, j0 + u, dcs + b * p.U + u, v,
+            cell_grad<T, PROJ>(a, off + b, j0 + u, dcs + b * p.U + u, v,
                             load_cell<T>(a, st, s, j0 + u, b));
           }
         }
@@ -219,7 +214,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
         const int64_t b = i / nu;
         const int u = static_cast<int>(i % nu);
         const CellIn in = (prefetched && i == threadIdx.x) ? pre : load_cell<T>(a, st, s, j0 + u, b);
-        cell_grad<PROJ>(a, off + b, j0 + u, dcs + b * p.U + u, dhs[b * p.U + u], in);
+        cell_grad<T, PROJ>(a, off + b, j0 + u, dcs + b * p.U + u, dhs[b * p.U + u], in);
       }
     }
     signal_epoch(flags_b, epoch + 1);
@@ -244,15 +239,21 @@ BwdPlan make_plan(const BackwardArgs& a, int64_t max_batch) {
   p.Q = PROJ ? static_cast<int>((a.P + grid - 1) / grid) : p.U;
   p.K4 = static_cast<int>(round_up(4 * a.H, kChunk));
   p.Kp = static_cast<int>(round_up(a.P, kChunk));
+  p.ldk = p.K4 + (kMma<T> ? 8 : 0);
+  p.Qm = static_cast<int>(round_up(p.Q, kMma<T> ? 16 : 4));
   p.state_bytes = round_up(a.max_bs * p.U * 4, 16);
-  const int64_t fixed = round_up(p.Q, 4) * p.K4 * sz + (PROJ ? round_up(p.U, 4) * p.Kp * sz : 0) +
+  const int step = kMma<T> ? 8 : 4;
+  const int64_t fixed = p.Qm * p.ldk * sz + (PROJ ? round_up(p.U, 4) * p.Kp * sz : 0) +
                         2 * p.state_bytes;
-  for (int bt = static_cast<int>(std::min<int64_t>(32, round_up(a.max_bs, 4))); bt >= 4; bt -= 4) {
-    const int64_t tile = round_up(std::max<int64_t>(bt * p.K4 * 4, PROJ ? bt * p.Kp * 4 : 0), 16);
-    if (fixed + tile <= d.smem_optin) {
+  for (int bt = static_cast<int>(std::min<int64_t>(32, round_up(a.max_bs, step))); bt >= step;
+       bt -= step) {
+    const int64_t tile = round_up(std::max<int64_t>(bt * p.ldk * sz, PROJ ? bt * p.Kp * 4 : 0), 16);
+    const int64_t red = (kMma<T> ? std::max(128, p.Qm) : p.Qm) * static_cast<int64_t>(bt);
+    if (fixed + tile + red * 4 <= d.smem_optin) {
       p.BT = bt;
       p.tile_bytes = tile;
-      p.smem = fixed + tile;
+      p.red_floats = red;
+      p.smem = fixed + tile + red * 4;
       break;
     }
   }

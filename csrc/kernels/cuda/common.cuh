@@ -109,6 +109,57 @@ __device__ __forceinline__ void mma_16x8x16(const T* A, int lda, const T* Bt, in
   }
 }
 
+// Half types multiply on the tensor cores (fp32 accumulation); float32 uses FFMA.
+template <typename T> constexpr bool kMma = !std::is_same<T, float>::value;
+
+__device__ __forceinline__ float reduce16(float v[16], int lane);
+
+// The products of one staged tile: red[ks][m][r] = sum over the K-slice ks of W[m][k] * A[r][k]
+// for W rows m < Mpad (shared, stride ldw) and tile rows r < BT (shared, stride lda), K padded
+// (kChunk for FFMA, 16 for MMA, zeros past the data). FFMA: one K-slice, warps take groups of 4
+// W rows (mgroups of them) x 4 tile rows. MMA: m16n8k16 tiles, K split over the idle warps.
+// Returns the number of K-slices to sum. The caller synchronizes before and after.
+template <typename T>
+__device__ __forceinline__ int tile_products(const T* W, int ldw, int Mpad, int mgroups,
+                                             const T* A, int lda, int K, int nb, int BT,
+                                             float* red, int lane, int warp) {
+  if constexpr (kMma<T>) {
+    const int mt = Mpad / 16, nt = (nb + 7) / 8, tp = mt * nt, ks16 = K / 16;
+    const int ksplit = max(1, min(kWarps / tp, ks16));
+    const int slice = (ks16 + ksplit - 1) / ksplit;
+    const int gid = lane >> 2, tig = lane & 3;
+    for (int task = warp; task < tp * ksplit; task += kWarps) {
+      const int t = task % tp, ks = task / tp, mi = t % mt, ni = t / mt;
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+      const int kend = min(ks16, (ks + 1) * slice);
+      for (int k = ks * slice; k < kend; ++k) {
+        mma_16x8x16(W + static_cast<int64_t>(mi) * 16 * ldw + k * 16, ldw,
+                    A + static_cast<int64_t>(ni) * 8 * lda + k * 16, lda, lane, d);
+      }
+      float* r = red + static_cast<int64_t>(ks) * Mpad * BT + (mi * 16 + gid) * BT + ni * 8 + tig * 2;
+      r[0] = d[0];
+      r[1] = d[1];
+      r[8 * BT] = d[2];
+      r[8 * BT + 1] = d[3];
+    }
+    return ksplit;
+  } else {
+    const int ngroups = (nb + 3) / 4;
+    for (int item = warp; item < mgroups * ngroups; item += kWarps) {
+      const int mg = item % mgroups, ag = item / mgroups;
+      float acc[16];
+#pragma unroll
+      for (int i = 0; i < 16; ++i) acc[i] = 0.f;
+      dot4x4(W + static_cast<int64_t>(mg) * 4 * ldw, ldw, A + static_cast<int64_t>(ag) * 4 * lda,
+             lda, K, lane, acc);
+      const float v = reduce16(acc, lane);
+      const int idx = (lane >> 1) & 15;
+      if ((lane & 1) == 0) red[(mg * 4 + (idx >> 2)) * BT + ag * 4 + (idx & 3)] = v;
+    }
+    return 1;
+  }
+}
+
 // Sums each of the 16 values over the warp; lane l ends with the total of index (l >> 1) & 15
 // (a transpose-reduce: 15 shuffles instead of 80).
 __device__ __forceinline__ float reduce16(float v[16], int lane) {
@@ -150,8 +201,7 @@ __device__ __forceinline__ float reduce16(float v[16], int lane) {
 __device__ __forceinline__ void signal_epoch(unsigned* flags, unsigned epoch) {
   __syncthreads();  // every thread's writes of this phase precede thread 0's release
   if (threadIdx.x == 0) {
-    __threadfence();
-    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(flags + blockIdx.x), "r"(epoch)
+    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flags + blockIdx.x), "r"(epoch)
                  : "memory");
   }
 }
@@ -219,6 +269,51 @@ __device__ __forceinline__ void stage_row(T* __restrict__ dst, const T* __restri
     done = elems;
   }
   for (int i = done + lane; i < padded; i += 32) dst[i] = T();
+}
+
+// Stages `rows` rows of `elems` elements (row r from row_ptr(r), zeros where it returns nullptr)
+// into shared dst with row stride ldd (a multiple of 16 bytes; zeros past elems), with every
+// thread's loads in flight before its first store: one L2 round trip per tile, not one per load.
+template <typename T, typename RowPtr>
+__device__ __forceinline__ void stage_tile(T* __restrict__ dst, int ldd, int rows, int elems,
+                                           const RowPtr& row_ptr) {
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kUnroll = 8;
+  const int cpr = ldd / kVec;
+  const int total = rows * cpr;
+  for (int base = 0; base < total; base += kThreads * kUnroll) {
+    uint4 v[kUnroll];
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int c = base + k * kThreads + static_cast<int>(threadIdx.x);
+      v[k] = make_uint4(0u, 0u, 0u, 0u);
+      if (c < total) {
+        const int r = c / cpr, e0 = (c - r * cpr) * kVec;
+        const T* src = row_ptr(r);
+        if (src != nullptr && e0 < elems) {
+          if (e0 + kVec <= elems && (reinterpret_cast<uintptr_t>(src + e0) & 15) == 0) {
+            v[k] = __ldcg(reinterpret_cast<const uint4*>(src + e0));
+          } else {
+            union {
+              uint4 u;
+              T e[kVec];
+            } tmp;
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) tmp.e[i] = e0 + i < elems ? ld_cg(src + e0 + i) : T();
+            v[k] = tmp.u;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int c = base + k * kThreads + static_cast<int>(threadIdx.x);
+      if (c < total) {
+        const int r = c / cpr;
+        reinterpret_cast<uint4*>(dst + static_cast<int64_t>(r) * ldd)[c - r * cpr] = v[k];
+      }
+    }
+  }
 }
 
 // The adapter's Scalar enum as a device type.

@@ -25,51 +25,6 @@ struct FwdPlan {
   int64_t red_floats = 0, tile_bytes = 0, smem = 0;
 };
 
-// Half types multiply on the tensor cores (fp32 accumulation); float32 uses FFMA.
-template <typename T> constexpr bool kMma = !std::is_same<T, float>::value;
-
-// Phase A's products h_{t-1} W_hh^T for one tile of rows into red: red[ks][m][r] over K-slices
-// ks (m = u*4 + gate, r = row in the tile). Returns the number of K-slices to sum.
-template <typename T>
-__device__ __forceinline__ int tile_products(const T* Wh, const T* At, const FwdPlan& p, int nu,
-                                             int nb, float* red, int lane, int warp) {
-  if constexpr (kMma<T>) {
-    const int mt = p.Mpad / 16, nt = (nb + 7) / 8, tp = mt * nt, ks16 = p.Kp / 16;
-    const int ksplit = max(1, min(kWarps / tp, ks16));
-    const int slice = (ks16 + ksplit - 1) / ksplit;
-    const int gid = lane >> 2, tig = lane & 3;
-    for (int task = warp; task < tp * ksplit; task += kWarps) {
-      const int t = task % tp, ks = task / tp, mi = t % mt, ni = t / mt;
-      float d[4] = {0.f, 0.f, 0.f, 0.f};
-      const int kend = min(ks16, (ks + 1) * slice);
-      for (int k = ks * slice; k < kend; ++k) {
-        mma_16x8x16(Wh + static_cast<int64_t>(mi) * 16 * p.ldw + k * 16, p.ldw,
-                    At + static_cast<int64_t>(ni) * 8 * p.ldw + k * 16, p.ldw, lane, d);
-      }
-      float* r = red + static_cast<int64_t>(ks) * p.Mpad * p.BT + (mi * 16 + gid) * p.BT + ni * 8 + tig * 2;
-      r[0] = d[0];
-      r[1] = d[1];
-      r[8 * p.BT] = d[2];
-      r[8 * p.BT + 1] = d[3];
-    }
-    return ksplit;
-  } else {
-    const int ngroups = (nb + 3) / 4;
-    for (int item = warp; item < nu * ngroups; item += kWarps) {
-      const int u = item % nu, ag = item / nu;
-      float acc[16];
-#pragma unroll
-      for (int i = 0; i < 16; ++i) acc[i] = 0.f;
-      dot4x4(Wh + static_cast<int64_t>(u) * 4 * p.ldw, p.ldw,
-             At + static_cast<int64_t>(ag) * 4 * p.ldw, p.ldw, p.Kp, lane, acc);
-      const float v = reduce16(acc, lane);
-      const int idx = (lane >> 1) & 15;
-      if ((lane & 1) == 0) red[(u * 4 + (idx >> 2)) * p.BT + ag * 4 + (idx & 3)] = v;
-    }
-    return 1;
-  }
-}
-
 template <typename T, bool PROJ>
 __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs a, const FwdPlan p) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -150,14 +105,13 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
     for (int64_t b0 = 0; b0 < bs; b0 += p.BT) {
       const int nb = static_cast<int>(min64(p.BT, bs - b0));
       if (b0 > 0) __syncthreads();
-      for (int r = warp; r < p.BT; r += kWarps) {
+      stage_tile(At, p.ldw, p.BT, static_cast<int>(P), [&](int r) -> const T* {
         const int64_t b = b0 + r;
-        const T* src = nullptr;
-        if (r < nb) src = b < pbs ? y + (poff + b) * P : h0 + b * P;
-        stage_row(At + static_cast<int64_t>(r) * p.ldw, src, static_cast<int>(P), p.ldw, lane);
-      }
+        if (r >= nb) return nullptr;
+        return b < pbs ? y + (poff + b) * P : h0 + b * P;
+      });
       __syncthreads();
-      const int nsplit = tile_products<T>(Wh, At, p, nu, nb, red, lane, warp);
+      const int nsplit = tile_products<T>(Wh, p.ldw, p.Mpad, nu, At, p.ldw, p.Kp, nb, p.BT, red, lane, warp);
       __syncthreads();
       for (int i = threadIdx.x; i < nu * nb; i += kThreads) {
         const int u = i % nu, r = i / nu;
@@ -203,10 +157,9 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
       for (int64_t b0 = 0; b0 < bs; b0 += p.BT) {
         const int nb = static_cast<int>(min64(p.BT, bs - b0));
         if (b0 > 0) __syncthreads();
-        for (int r = warp; r < p.BT; r += kWarps) {
-          const float* src = r < nb ? h_pre + (b0 + r) * H : nullptr;
-          stage_row(Af + static_cast<int64_t>(r) * p.Kh, src, static_cast<int>(H), p.Kh, lane);
-        }
+        stage_tile(Af, p.Kh, p.BT, static_cast<int>(H), [&](int r) -> const float* {
+          return r < nb ? h_pre + (b0 + r) * H : nullptr;
+        });
         __syncthreads();
         const int ngroups = (nb + 3) / 4;
         for (int item = warp; item < ngq * ngroups; item += kWarps) {

@@ -66,7 +66,10 @@ struct BackwardArgs {
   const float* gates = nullptr;   // [N, 4H] read: activated gates saved by the forward
   const float* cells = nullptr;   // [N, H] read: cells saved by the forward
 
-  float* dgates = nullptr;   // [N, 4H] written: dL/d(gate pre-activations)
+  void* dgates = nullptr;    // [N, 4H] written: dL/d(gate pre-activations), in the input dtype
+                             //   (the half types exchange it between blocks at half the bytes and
+                             //   feed it to the tensor cores; the weight GEMMs take it in that
+                             //   dtype anyway)
   void* h_prev = nullptr;    // [N, P] scalar, written: the h_{t-1} each row's step read
   float* dh_out = nullptr;   // [N, P] written when w_hr: dL/d(projected h) of every row
   float* h_pre = nullptr;    // [N, H] written when w_hr: o * tanh(c) of every row
