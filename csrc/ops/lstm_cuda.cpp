@@ -58,6 +58,12 @@ Path forced_path() {
 // with FFMA; beyond this the GEMM's tensor cores win).
 int64_t persistent_batch_limit(Path path) { return path == Path::kPersistent ? INT64_MAX : 64; }
 
+// LSTM_FUSED_CUDA_TUNING: experiment bits for the persistent kernels (see ForwardArgs::tuning).
+int tuning_bits() {
+  const char* e = std::getenv("LSTM_FUSED_CUDA_TUNING");
+  return e ? std::atoi(e) : 0;
+}
+
 void check_launch(int err, const char* what) {
   TORCH_CHECK(err == 0, "lstm_fused: ", what, " failed: ",
               cudaGetErrorString(static_cast<cudaError_t>(err)));
@@ -141,6 +147,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_cuda(
   a.max_bs = max_bs;
   a.reverse = reverse;
   a.save = save;
+  a.tuning = tuning_bits();
   if (kind != Scalar::kFloat64 && path != Path::kFallback) {
     a.gates = gates.data_ptr<float>();
     a.cells = save ? cells.data_ptr<float>() : nullptr;
@@ -248,6 +255,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cuda
       a.P = s.P;
       a.max_bs = max_bs;
       a.reverse = reverse;
+      a.tuning = tuning_bits();
       a.grad_y = grad_y.data_ptr();
       a.grad_hn = grad_hn.data_ptr();
       a.grad_cn = grad_cn.data_ptr();

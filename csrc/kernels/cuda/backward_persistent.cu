@@ -73,6 +73,8 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
   unsigned* flags_a = a.flags;
   unsigned* flags_b = a.flags + gridDim.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sync = a.tuning & 3;
+  const bool per_warp = (a.tuning & 4) != 0;
   const int64_t H = a.H, P = a.P, H4 = 4 * a.H;
   const int j0 = blockIdx.x * p.U;
   const int nu = static_cast<int>(max64(0, min64(p.U, H - j0)));
@@ -140,7 +142,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
     CellIn pre{};
     const bool prefetched = !PROJ && s < a.T && static_cast<int64_t>(threadIdx.x) < bs * nu;
     if (prefetched) pre = load_cell<T>(a, st, s, j0 + threadIdx.x % nu, threadIdx.x / nu);
-    wait_epoch(flags_b, epoch);
+    wait_epoch(flags_b, epoch, sync);
 
     // Phase A: dh of this block's columns.
     T* At = reinterpret_cast<T*>(tile);
@@ -150,7 +152,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
       stage_tile(At, p.ldk, p.BT, static_cast<int>(H4), [&](int r) -> const T* {
         const int64_t b = b0 + r;
         return (r < nb && b < pbs) ? dgates + (poff + b) * H4 : nullptr;
-      });
+      }, per_warp);
       __syncthreads();
       const int nsplit = tile_products<T>(WT, p.ldk, p.Qm, (nq + 3) / 4, At, p.ldk, p.K4, nb, p.BT,
                                           red, lane, warp);
@@ -179,8 +181,8 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
 
     // Phase B: the cell gradient of this block's units.
     if (PROJ) {
-      signal_epoch(flags_a, epoch + 1);
-      wait_epoch(flags_a, epoch + 1);
+      signal_epoch(flags_a, epoch + 1, sync);
+      wait_epoch(flags_a, epoch + 1, sync);
       float* Af = reinterpret_cast<float*>(tile);
       const int ngu = (nu + 3) / 4;
       for (int64_t b0 = 0; b0 < bs; b0 += p.BT) {
@@ -188,7 +190,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
         if (b0 > 0) __syncthreads();
         stage_tile(Af, p.Kp, p.BT, static_cast<int>(P), [&](int r) -> const float* {
           return r < nb ? a.dh_out + (off + b0 + r) * P : nullptr;
-        });
+        }, per_warp);
         __syncthreads();
         const int ngroups = (nb + 3) / 4;
         for (int item = warp; item < ngu * ngroups; item += kWarps) {
@@ -217,7 +219,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_kernel(const BackwardArg
         cell_grad<T, PROJ>(a, off + b, j0 + u, dcs + b * p.U + u, dhs[b * p.U + u], in);
       }
     }
-    signal_epoch(flags_b, epoch + 1);
+    signal_epoch(flags_b, epoch + 1, sync);
   }
   __syncthreads();
 

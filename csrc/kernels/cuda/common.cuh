@@ -198,19 +198,38 @@ __device__ __forceinline__ float reduce16(float v[16], int lane) {
 // flags[g] is the last epoch block g has completed (monotonic; the adapter zeroes the flags before
 // each launch, which a CUDA graph replays as a memset). A consumer waits only for what it reads,
 // with one thread polling each producer's flag, so no single counter serializes 132 atomics.
-__device__ __forceinline__ void signal_epoch(unsigned* flags, unsigned epoch) {
+// sync: 0 = release store / acquire poll, 1 = __threadfence + volatile store / volatile poll +
+// __threadfence, 2 = a cooperative-groups grid barrier at every wait (for comparison).
+__device__ __forceinline__ void signal_epoch(unsigned* flags, unsigned epoch, int sync) {
+  if (sync == 2) return;
   __syncthreads();  // every thread's writes of this phase precede thread 0's release
   if (threadIdx.x == 0) {
-    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flags + blockIdx.x), "r"(epoch)
-                 : "memory");
+    if (sync == 0) {
+      asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(flags + blockIdx.x), "r"(epoch)
+                   : "memory");
+    } else {
+      __threadfence();
+      *reinterpret_cast<volatile unsigned*>(flags + blockIdx.x) = epoch;
+    }
   }
 }
-__device__ __forceinline__ void wait_epoch(const unsigned* flags, unsigned epoch) {
+__device__ __forceinline__ void wait_epoch(const unsigned* flags, unsigned epoch, int sync) {
+  if (sync == 2) {
+    cooperative_groups::this_grid().sync();
+    return;
+  }
   for (unsigned i = threadIdx.x; i < gridDim.x; i += blockDim.x) {
     unsigned v;
-    do {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flags + i) : "memory");
-    } while (v < epoch);
+    if (sync == 0) {
+      do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flags + i) : "memory");
+      } while (v < epoch);
+    } else {
+      do {
+        v = *reinterpret_cast<const volatile unsigned*>(flags + i);
+      } while (v < epoch);
+      __threadfence();
+    }
   }
   __syncthreads();
 }
@@ -276,7 +295,14 @@ __device__ __forceinline__ void stage_row(T* __restrict__ dst, const T* __restri
 // thread's loads in flight before its first store: one L2 round trip per tile, not one per load.
 template <typename T, typename RowPtr>
 __device__ __forceinline__ void stage_tile(T* __restrict__ dst, int ldd, int rows, int elems,
-                                           const RowPtr& row_ptr) {
+                                           const RowPtr& row_ptr, bool per_warp) {
+  if (per_warp) {  // one warp per row (for comparison)
+    const int lane = threadIdx.x & 31;
+    for (int r = threadIdx.x >> 5; r < rows; r += kWarps) {
+      stage_row(dst + static_cast<int64_t>(r) * ldd, row_ptr(r), elems, ldd, lane);
+    }
+    return;
+  }
   constexpr int kVec = 16 / sizeof(T);
   constexpr int kUnroll = 8;
   const int cpr = ldd / kVec;

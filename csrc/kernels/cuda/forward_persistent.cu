@@ -29,6 +29,8 @@ template <typename T, bool PROJ>
 __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs a, const FwdPlan p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sync = a.tuning & 3;
+  const bool per_warp = (a.tuning & 4) != 0;
   const int64_t H = a.H, P = a.P, H4 = 4 * a.H;
   const int j0 = blockIdx.x * p.U;
   const int nu = static_cast<int>(max64(0, min64(p.U, H - j0)));
@@ -92,13 +94,14 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
     // before waiting for the other blocks.
     float pre[4] = {0.f, 0.f, 0.f, 0.f};
     const int first_pairs = nu * static_cast<int>(min64(bs, p.BT));
-    if (static_cast<int>(threadIdx.x) < first_pairs) {
+    const bool prefetch = (a.tuning & 8) == 0;
+    if (prefetch && static_cast<int>(threadIdx.x) < first_pairs) {
       const int64_t row = off + threadIdx.x / nu, j = j0 + threadIdx.x % nu;
       const float* gr = a.gates + row * H4 + j;
 #pragma unroll
       for (int g = 0; g < 4; ++g) pre[g] = gr[g * H];
     }
-    wait_epoch(PROJ ? flags_b : flags_a, epoch);
+    wait_epoch(PROJ ? flags_b : flags_a, epoch, sync);
 
     // Phase A: gates and cell update of this block's units.
     T* At = reinterpret_cast<T*>(tile);
@@ -109,7 +112,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
         const int64_t b = b0 + r;
         if (r >= nb) return nullptr;
         return b < pbs ? y + (poff + b) * P : h0 + b * P;
-      });
+      }, per_warp);
       __syncthreads();
       const int nsplit = tile_products<T>(Wh, p.ldw, p.Mpad, nu, At, p.ldw, p.Kp, nb, p.BT, red, lane, warp);
       __syncthreads();
@@ -120,7 +123,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
         float x[4];
 #pragma unroll
         for (int g = 0; g < 4; ++g) {
-          x[g] = (b0 == 0 && i == static_cast<int>(threadIdx.x)) ? pre[g] : gr[g * H];
+          x[g] = (prefetch && b0 == 0 && i == static_cast<int>(threadIdx.x)) ? pre[g] : gr[g * H];
           for (int ks = 0; ks < nsplit; ++ks) {
             x[g] += red[static_cast<int64_t>(ks) * p.Mpad * p.BT + (u * 4 + g) * p.BT + r];
           }
@@ -147,11 +150,11 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
         }
       }
     }
-    signal_epoch(flags_a, epoch + 1);
+    signal_epoch(flags_a, epoch + 1, sync);
 
     if (PROJ) {
       // Phase B: y[:, q0..q0+nq) = h_pre W_hr[q0..]^T.
-      wait_epoch(flags_a, epoch + 1);
+      wait_epoch(flags_a, epoch + 1, sync);
       float* Af = reinterpret_cast<float*>(tile);
       const int ngq = (nq + 3) / 4;
       for (int64_t b0 = 0; b0 < bs; b0 += p.BT) {
@@ -159,7 +162,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
         if (b0 > 0) __syncthreads();
         stage_tile(Af, p.Kh, p.BT, static_cast<int>(H), [&](int r) -> const float* {
           return r < nb ? h_pre + (b0 + r) * H : nullptr;
-        });
+        }, per_warp);
         __syncthreads();
         const int ngroups = (nb + 3) / 4;
         for (int item = warp; item < ngq * ngroups; item += kWarps) {
@@ -180,7 +183,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
           }
         }
       }
-      signal_epoch(flags_b, epoch + 1);
+      signal_epoch(flags_b, epoch + 1, sync);
     }
   }
 

@@ -47,6 +47,8 @@ struct ForwardArgs {
   void* c_n = nullptr;          // [B, H] scalar, written
   float* h_pre = nullptr;       // [2, B, H] workspace when w_hr: o * tanh(c), by step parity
   unsigned* flags = nullptr;    // [2 * grid] workspace, zeroed before the launch (persistent only)
+  int tuning = 0;               // experiments: bits 0-1 step sync, bit 2 per-warp staging,
+                                //   bit 3 no prefetch
 };
 
 struct BackwardArgs {
@@ -76,6 +78,7 @@ struct BackwardArgs {
   void* dh0 = nullptr;       // [B, P] scalar, written
   void* dc0 = nullptr;       // [B, H] scalar, written
   unsigned* flags = nullptr;  // [2 * grid] workspace, zeroed before the launch (persistent only)
+  int tuning = 0;             // experiments only: bits 0-1 step sync, bit 2 per-warp staging
 };
 
 // Persistent cooperative kernels: one launch runs the whole time loop; each block keeps its slice
