@@ -64,3 +64,15 @@ def measure_ceilings(device: torch.device, dtypes: set[str], quick: bool) -> dic
     else:
         out["threads"] = torch.get_num_threads()
     return out
+
+
+def best_of(a: dict, b: dict) -> dict:
+    """Per setting, the higher of two measurements of each ceiling."""
+    out = {}
+    for key in a:
+        x, y = a[key], b.get(key, a[key])
+        merged = dict(x)
+        merged["gemm_gflops"] = {d: max(v, y["gemm_gflops"].get(d, v)) for d, v in x["gemm_gflops"].items()}
+        merged["copy_gbps"] = max(x["copy_gbps"], y["copy_gbps"])
+        out[key] = merged
+    return out

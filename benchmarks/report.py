@@ -51,6 +51,16 @@ def case_result(case: Case, key: str, timings: Optional[Timings], cont: Optional
     return res
 
 
+def rescale(res: dict, ceilings: dict) -> None:
+    """Recompute a result's % of ceilings against (final) ceilings."""
+    ceil = ceilings.get(res["ceiling_key"], {})
+    gemm = ceil.get("gemm_gflops", {}).get(res["case"]["dtype"])
+    copy = ceil.get("copy_gbps")
+    for r in res["contenders"].values():
+        r["pct_gemm"] = 100.0 * r["gflops"] / gemm if gemm else None
+        r["pct_copy"] = 100.0 * r["gbps"] / copy if copy else None
+
+
 def _threads(res: dict) -> str:
     t = res["ceiling_key"]
     return t.split("=", 1)[1] if "=" in t else t

@@ -5,8 +5,10 @@
 
 Steps: (1) correctness of lstm_fused.LSTM vs torch.nn.LSTM vs a float64 nn.LSTM on a few configs;
 a mismatch stops the run with exit code 1. (2) the machine's ceilings (large GEMM, large copy),
-measured now. (3) every case of the grid, contenders interleaved, medians; one progress line per
-case, a final table, JSON `<out>/bench_<device>_<YYYYmmdd-HHMMSS>.json` and a PNG beside it.
+measured before the cases (used by the progress lines) and again after them (the final table and
+JSON use the best of the two). (3) every case of the grid, contenders interleaved, medians; one
+progress line per case, a final table, JSON `<out>/bench_<device>_<YYYYmmdd-HHMMSS>.json` and a
+PNG beside it.
 Exit code 1 also when lstm_fused failed on any case (the error is printed and kept in the JSON).
 """
 from __future__ import annotations
@@ -110,6 +112,18 @@ def run_case(case: Case, device: torch.device, cfg: TimingConfig, flash_backend,
             torch.cuda.empty_cache()
 
 
+def measure_all_ceilings(device, settings, dtypes, grid, default_threads, when: str) -> dict:
+    out = {}
+    for threads in settings:
+        set_threads(threads, default_threads)
+        key = ceilings.setting_key(device, threads)
+        out[key] = ceilings.measure_ceilings(device, dtypes, quick=grid == "quick")
+        gemm = ", ".join(f"{k} {v:.0f}" for k, v in out[key]["gemm_gflops"].items())
+        print(f"== ceilings {when} [{key}]: GEMM GFLOP/s: {gemm}; "
+              f"copy {out[key]['copy_gbps']:.1f} GB/s (read+write)")
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -148,29 +162,31 @@ def main(argv=None) -> int:
     flash_backend = None if args.no_flashrnn else args.flashrnn_backend
     payload.update(grid=grid, timing_config=dataclasses.asdict(cfg))
 
-    # (2) ceilings, per thread setting used by the cases
+    # (2) ceilings, per thread setting used by the cases; measured again after the cases (below)
     dtypes = {c.dtype for c in chosen}
-    ceils = {}
-    for threads in dict.fromkeys(c.threads for c in chosen):
-        set_threads(threads, default_threads)
-        key = ceilings.setting_key(device, threads)
-        ceils[key] = ceilings.measure_ceilings(device, dtypes, quick=grid == "quick")
-        gemm = ", ".join(f"{k} {v:.0f}" for k, v in ceils[key]["gemm_gflops"].items())
-        print(f"== ceilings [{key}]: GEMM GFLOP/s: {gemm}; copy {ceils[key]['copy_gbps']:.1f} GB/s (read+write)")
-    payload["ceilings"] = ceils
+    settings = list(dict.fromkeys(c.threads for c in chosen))
+    before = measure_all_ceilings(device, settings, dtypes, grid, default_threads, "before")
 
     # (3) timings
     print(f"== {len(chosen)} cases ({grid} grid), contenders interleaved, medians")
     results = []
     for i, case in enumerate(chosen, 1):
         set_threads(case.threads, default_threads)
-        res = run_case(case, device, cfg, flash_backend, ceils)
+        res = run_case(case, device, cfg, flash_backend, before)
         results.append(res)
         print(report.progress_line(i, len(chosen), res), flush=True)
+    # A ceiling is the best the machine did: on a shared machine, one measurement may be disturbed.
+    after = measure_all_ceilings(device, settings, dtypes, grid, default_threads, "after")
+    ceils = ceilings.best_of(before, after)
+    for res in results:
+        report.rescale(res, ceils)
     set_threads(None, default_threads)
+    payload["ceilings"] = ceils
+    payload["ceilings_before_after"] = {"before": before, "after": after}
 
     payload["results"] = results
     payload["wall_s"] = time.perf_counter() - t_start
+    payload["load_average_1min_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print()
     print(report.table(results))
     report.write_json(stem + ".json", payload)
