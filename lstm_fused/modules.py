@@ -155,7 +155,8 @@ class LSTM(nn.Module):
             raise RuntimeError(f"Expected hidden[0] size {expected_h}, got {list(hx[0].size())}")
         if hx[1].size() != expected_c:
             raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(hx[1].size())}")
-        if hx[0].dtype != self.weight_ih_l0.dtype or hx[1].dtype != self.weight_ih_l0.dtype:
+        if (hx[0].dtype != self.weight_ih_l0.dtype or hx[1].dtype != self.weight_ih_l0.dtype) \
+                and not torch._C._is_any_autocast_enabled():
             raise RuntimeError(
                 f"hx and cx must have the dtype of the weights ({self.weight_ih_l0.dtype}), "
                 f"got {hx[0].dtype} and {hx[1].dtype}")
@@ -194,10 +195,20 @@ class LSTM(nn.Module):
             c0 = x.new_zeros(self.num_layers * D, batch, self.hidden_size)
         else:
             self._check_hidden(hx, batch)
+            if len(hx) != 2:
+                raise RuntimeError("lstm expects two hidden states")
             h0, c0 = hx
             if sorted_indices is not None:
                 h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
-        y, h_n, c_n = functional.lstm(x, h0, c0, self._layer_weights(), self.num_layers, self.bidirectional,
+        if not packed and x.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        weights = self._layer_weights()
+        if torch.is_autocast_enabled(x.device.type):
+            # As torch.nn.LSTM under autocast: input, states and weights in the autocast dtype.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, h0, c0 = x.to(dtype), h0.to(dtype), c0.to(dtype)
+            weights = [tuple(w.to(dtype) if w is not None else None for w in ws) for ws in weights]
+        y, h_n, c_n = functional.lstm(x, h0, c0, weights, self.num_layers, self.bidirectional,
                                       self.dropout, self.training, batch_sizes)
         if unsorted_indices is not None:
             h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)

@@ -33,10 +33,11 @@ def _forward_fake(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse,
 @torch.library.register_fake("lstm_fused::backward")
 def _backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, y, gates, cells, batch_sizes,
                    reverse, has_bias):
-    dw_hr = torch.empty_like(w_hr) if w_hr is not None else x.new_empty((0,))
+    # The real kernels return contiguous gradients whatever the inputs' strides.
+    dw_hr = x.new_empty(w_hr.shape) if w_hr is not None else x.new_empty((0,))
     db = x.new_empty((w_ih.shape[0],) if has_bias else (0,))
-    return (torch.empty_like(x), torch.empty_like(w_ih), torch.empty_like(w_hh), db, dw_hr,
-            torch.empty_like(h0), torch.empty_like(c0))
+    return (x.new_empty(x.shape), x.new_empty(w_ih.shape), x.new_empty(w_hh.shape), db, dw_hr,
+            x.new_empty(h0.shape), x.new_empty(c0.shape))
 
 
 def _setup_context(ctx, inputs, output):

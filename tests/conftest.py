@@ -1,7 +1,12 @@
 import os
 import sys
+import tempfile
 
 import pytest
+
+# A fresh inductor cache per run: cached compiled graphs are not keyed on our fake kernels, so a
+# cache left by an older build could replay stale output strides.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="lstm_fused_inductor_"))
 
 # tests/utils.py and tests/ddp_worker.py import as top-level modules (also in spawned processes).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

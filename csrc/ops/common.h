@@ -4,11 +4,17 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <tuple>
 #include <vector>
 
 namespace lstm_fused {
+
+// Every op entry point starts with this: the GEMMs inside must run in the dtypes the op chose,
+// also when the caller is under autocast (the module casts before the op, as nn.LSTM does).
+#define LSTM_FUSED_NO_AUTOCAST \
+  c10::impl::ExcludeDispatchKeyGuard no_autocast_guard_(c10::autocast_dispatch_keyset)
 
 struct LayerShape {
   int64_t T, B, I, H, P, N;  // as in kernels/lstm.h; N: rows of x

@@ -29,11 +29,11 @@ typename KernelType<scalar_t>::type* kptr_mut(at::Tensor& t) {
   return reinterpret_cast<typename KernelType<scalar_t>::type*>(t.mutable_data_ptr<scalar_t>());
 }
 
-// Fewer threads than torch's when a step is too small to be worth splitting (the barrier per
-// step costs about a microsecond).
-int threads_for(int64_t rows, int64_t H, int64_t P) {
-  const int64_t flops_per_step = std::max<int64_t>(rows, 1) * 4 * H * P;
-  return flops_per_step < (1 << 15) ? 1 : at::get_num_threads();
+// One thread when a step is too small to split (the barrier per step costs about a microsecond)
+// or the whole call too small to pay for waking the team.
+int threads_for(int64_t T, int64_t rows, int64_t H, int64_t P) {
+  const int64_t per_step = std::max<int64_t>(rows, 1) * 4 * H * P;
+  return (per_step < (1 << 15) || T * per_step < (1 << 20)) ? 1 : at::get_num_threads();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
@@ -41,6 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
     const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0, const at::Tensor& c0,
     const c10::optional<at::Tensor>& batch_sizes, bool reverse, bool save) {
+  LSTM_FUSED_NO_AUTOCAST;
   const LayerShape s = check_forward_args(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes);
   const auto acc = acc_dtype(x.scalar_type());
   at::Tensor gates = input_projection(x, w_ih, b_ih, b_hh, s, acc);
@@ -62,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
     p.P = s.P;
     p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
     p.reverse = reverse;
-    p.num_threads = threads_for(s.B, s.H, s.P);
+    p.num_threads = threads_for(s.T, s.B, s.H, s.P);
     p.gates = gates.mutable_data_ptr<kacc>();
     p.w_hh = kptr<scalar_t>(whh);
     p.w_hr = kptr<scalar_t>(whr);
@@ -85,6 +86,7 @@ backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tens
              const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0, const at::Tensor& c0,
              const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cells,
              const c10::optional<at::Tensor>& batch_sizes, bool reverse, bool has_bias) {
+  LSTM_FUSED_NO_AUTOCAST;
   const LayerShape s = check_forward_args(x, w_ih, w_hh, c10::nullopt, c10::nullopt, w_hr, h0, c0, batch_sizes);
   check_backward_args(grad_y, grad_hn, grad_cn, y, gates, cells, s);
   const auto acc = acc_dtype(x.scalar_type());
@@ -112,7 +114,7 @@ backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tens
     p.P = s.P;
     p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
     p.reverse = reverse;
-    p.num_threads = threads_for(s.B, s.H, s.P);
+    p.num_threads = threads_for(s.T, s.B, s.H, s.P);
     p.grad_y = kptr<scalar_t>(gy);
     p.grad_hn = kptr<scalar_t>(ghn);
     p.grad_cn = kptr<scalar_t>(gcn);

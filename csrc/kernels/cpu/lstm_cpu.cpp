@@ -4,6 +4,9 @@
 
 #include "cpu/lstm_cpu_isa.h"
 
+#include <cstdlib>
+#include <string>
+
 namespace lstm_fused {
 namespace cpu {
 namespace {
@@ -21,8 +24,18 @@ Isa detect() {
   return Isa::kBaseline;
 }
 
+// LSTM_FUSED_CPU_ISA=baseline|avx2|avx512 caps the choice (tests run every path on one machine).
+Isa choose() {
+  const Isa best = detect();
+  const char* want = std::getenv("LSTM_FUSED_CPU_ISA");
+  if (!want) return best;
+  const std::string w(want);
+  const Isa cap = w == "baseline" ? Isa::kBaseline : w == "avx2" ? Isa::kAvx2 : Isa::kAvx512;
+  return static_cast<int>(cap) < static_cast<int>(best) ? cap : best;
+}
+
 Isa isa() {
-  static const Isa chosen = detect();
+  static const Isa chosen = choose();
   return chosen;
 }
 

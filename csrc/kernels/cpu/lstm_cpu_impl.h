@@ -199,50 +199,106 @@ struct ForwardCtx {
   acc_t* hpre;      // [B, Hp] o * tanh(c) before the projection
 };
 
+// The cell update of one row and one block of U units, on registers: pre-activations in, c and
+// h out (h to hnext/y, or to hpre before a projection), activations saved when training.
+template <typename scalar_t, typename acc_t, typename V>
+inline void cell_update(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, const V (&pre)[4],
+                        int64_t b, int64_t row, int64_t j0, int nu, int64_t t, acc_t* hnext) {
+  const int64_t H = x.H, P = x.P;
+  const V i = sigmoid_v(pre[0]), f = sigmoid_v(pre[1]), g = tanh_v(pre[2]), o = sigmoid_v(pre[3]);
+  // Lanes past nu are padding: zero pre-activations and cell state, which stay finite.
+  acc_t* cs = x.cst + b * x.Hp + j0;
+  const V c = f * loadu<V>(cs) + i * g;
+  storeu(cs, c);
+  const V h = o * tanh_v(c);
+  if (p.save) {
+    acc_t* grow = p.gates + row * x.G + j0;
+    store_n(grow, i, nu);
+    store_n(grow + H, f, nu);
+    store_n(grow + 2 * H, g, nu);
+    store_n(grow + 3 * H, o, nu);
+    store_n(p.cells + row * H + j0, c, nu);
+  }
+  const bool last = x.steps->last(t, b, p.reverse);
+  if (x.proj) {
+    storeu(x.hpre + b * x.Hp + j0, h);
+  } else {
+    store_n(hnext + b * P + j0, h, nu);
+    store_n(p.y + row * P + j0, h, nu);
+    if (last) store_n(p.h_n + b * P + j0, h, nu);
+  }
+  if (last) store_n(p.c_n + b * H + j0, c, nu);
+}
+
 // One register tile of the forward: MR rows (r0..) by one block of U units, all four gates; the
-// matrix product, then the cell update on the registers.
+// matrix product on the packed W_hh^T, then the cell update on the registers.
 template <int MR, typename scalar_t, typename acc_t>
 inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
                       int64_t r0, int64_t row0, int64_t t, const acc_t* hcur, acc_t* hnext) {
   using V = typename VecOf<acc_t>::type;
   constexpr int U = Tiling<acc_t>::U;
-  const int64_t H = x.H, P = x.P, G = x.G, j0 = blk * U;
-  const int nu = static_cast<int>(std::min<int64_t>(U, H - j0));
+  const int64_t j0 = blk * U;
+  const int nu = static_cast<int>(std::min<int64_t>(U, x.H - j0));
   const acc_t* arows[MR];
   V acc[MR][4];
   for (int r = 0; r < MR; ++r) {
-    arows[r] = hcur + (r0 + r) * P;
-    const acc_t* xg = p.gates + (row0 + r0 + r) * G + j0;
-    for (int g = 0; g < 4; ++g) acc[r][g] = load_n<V>(xg + g * H, nu);
+    arows[r] = hcur + (r0 + r) * x.P;
+    const acc_t* xg = p.gates + (row0 + r0 + r) * x.G + j0;
+    for (int g = 0; g < 4; ++g) acc[r][g] = load_n<V>(xg + g * x.H, nu);
   }
-  mac_tile<MR, 4>(P, arows, x.wp + blk * 4 * U, 4 * x.Hp, acc);
-  for (int r = 0; r < MR; ++r) {
-    const int64_t b = r0 + r, row = row0 + b;
-    const V i = sigmoid_v(acc[r][0]), f = sigmoid_v(acc[r][1]);
-    const V g = tanh_v(acc[r][2]), o = sigmoid_v(acc[r][3]);
-    // Lanes past nu are padding: zero pre-activations and cell state, which stay finite.
-    acc_t* cs = x.cst + b * x.Hp + j0;
-    const V c = f * loadu<V>(cs) + i * g;
-    storeu(cs, c);
-    const V h = o * tanh_v(c);
-    if (p.save) {
-      acc_t* grow = p.gates + row * G + j0;
-      store_n(grow, i, nu);
-      store_n(grow + H, f, nu);
-      store_n(grow + 2 * H, g, nu);
-      store_n(grow + 3 * H, o, nu);
-      store_n(p.cells + row * H + j0, c, nu);
-    }
-    const bool last = x.steps->last(t, b, p.reverse);
-    if (x.proj) {
-      storeu(x.hpre + b * x.Hp + j0, h);
-    } else {
-      store_n(hnext + b * P + j0, h, nu);
-      store_n(p.y + row * P + j0, h, nu);
-      if (last) store_n(p.h_n + b * P + j0, h, nu);
-    }
-    if (last) store_n(p.c_n + b * H + j0, c, nu);
+  mac_tile<MR, 4>(x.P, arows, x.wp + blk * 4 * U, 4 * x.Hp, acc);
+  for (int r = 0; r < MR; ++r) cell_update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hnext);
+}
+
+// U lanes of a weight row in acc_t (bf16 widens by a shift).
+template <typename V, typename scalar_t>
+inline V load_w(const scalar_t* w) {
+  if constexpr (std::is_same_v<scalar_t, bf16_t>) {
+    V v;
+    for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(float)); ++l) v[l] = to_acc(w[l]);
+    return v;
+  } else {
+    return loadu<V>(w);
   }
+}
+
+template <typename V>
+inline auto hsum(V v) {
+  auto s = v[0];
+  for (int l = 1; l < static_cast<int>(sizeof(V) / sizeof(s)); ++l) s += v[l];
+  return s;
+}
+
+// The small-batch path (NB <= 4 rows): dot products along the rows of W_hh as it lies in memory,
+// so nothing is packed per call (for one step at batch 1 the packing would cost more than the
+// step). One block of U units, all four gates, then the same cell update.
+template <int NB, typename scalar_t, typename acc_t>
+inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
+                       int64_t row0, int64_t t, const acc_t* hcur, acc_t* hnext) {
+  using V = typename VecOf<acc_t>::type;
+  constexpr int U = Tiling<acc_t>::U;
+  const int64_t H = x.H, P = x.P, j0 = blk * U, kfull = P / U * U;
+  const int nu = static_cast<int>(std::min<int64_t>(U, H - j0));
+  const int ktail = static_cast<int>(P - kfull);
+  V pre[NB][4];
+  for (int g = 0; g < 4; ++g) {
+    acc_t lane[NB][U] = {};
+    for (int u = 0; u < nu; ++u) {
+      const scalar_t* w = p.w_hh + (g * H + j0 + u) * P;
+      V s[NB] = {};
+      for (int64_t k = 0; k < kfull; k += U) {
+        const V wv = load_w<V>(w + k);
+        for (int b = 0; b < NB; ++b) s[b] += wv * loadu<V>(hcur + b * P + k);
+      }
+      for (int b = 0; b < NB; ++b) {
+        acc_t tail = 0;
+        for (int k = 0; k < ktail; ++k) tail += to_acc(w[kfull + k]) * hcur[b * P + kfull + k];
+        lane[b][u] = hsum(s[b]) + tail + p.gates[(row0 + b) * x.G + g * H + j0 + u];
+      }
+    }
+    for (int b = 0; b < NB; ++b) pre[b][g] = loadu<V>(lane[b]);
+  }
+  for (int b = 0; b < NB; ++b) cell_update(p, x, pre[b], b, row0 + b, j0, nu, t, hnext);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -256,9 +312,11 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   const bool proj = p.w_hr != nullptr;
   const Steps steps(p.batch_sizes, T, B);
 
-  // W_hh^T with the four gates of each block of U units side by side: wp[k][blk][gate][u].
-  std::vector<acc_t> wp(P * 4 * Hp, acc_t(0));
-  for (int64_t g = 0; g < 4; ++g)
+  // W_hh^T with the four gates of each block of U units side by side: wp[k][blk][gate][u]
+  // (not for the small-batch path, which reads W_hh in place).
+  const bool gemv = B <= 4;
+  std::vector<acc_t> wp(gemv ? 0 : P * 4 * Hp, acc_t(0));
+  for (int64_t g = 0; g < (gemv ? 0 : 4); ++g)
     for (int64_t j = 0; j < H; ++j) {
       const scalar_t* wrow = p.w_hh + (g * H + j) * P;
       const int64_t col = (j / U) * NR + g * U + j % U;
@@ -295,7 +353,16 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
       acc_t* hnext = hbuf.data() + ((s + 1) & 1) * B * P;
       // Unit blocks outside, rows inside: a block's slice of W_hh (P x 4U) stays in L1/L2 while
       // every row tile streams past it, so W_hh is read once per step.
-      for (int64_t blk = ub0; blk < ub1; ++blk)
+      for (int64_t blk = ub0; blk < ub1 && gemv; ++blk) {
+        switch (rows) {
+          case 1: gemv_block<1>(p, ctx, blk, row0, t, hcur, hnext); break;
+          case 2: gemv_block<2>(p, ctx, blk, row0, t, hcur, hnext); break;
+          case 3: gemv_block<3>(p, ctx, blk, row0, t, hcur, hnext); break;
+          case 4: gemv_block<4>(p, ctx, blk, row0, t, hcur, hnext); break;
+          default: break;
+        }
+      }
+      for (int64_t blk = ub0; blk < ub1 && !gemv; ++blk)
         for (int64_t r0 = 0; r0 < rows; r0 += MR) {
           const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
           switch (mr) {
