@@ -58,10 +58,11 @@ Path forced_path() {
 // with FFMA; beyond this the GEMM's tensor cores win).
 int64_t persistent_batch_limit(Path path) { return path == Path::kPersistent ? INT64_MAX : 64; }
 
-// LSTM_FUSED_CUDA_TUNING: experiment bits for the persistent kernels (see ForwardArgs::tuning).
-int tuning_bits() {
-  const char* e = std::getenv("LSTM_FUSED_CUDA_TUNING");
-  return e ? std::atoi(e) : 0;
+// Experiment switches for the persistent kernels (see ForwardArgs::tuning and ::min_units):
+// LSTM_FUSED_CUDA_TUNING and LSTM_FUSED_CUDA_UNITS; unset, the measured defaults apply.
+int env_int(const char* name, int otherwise) {
+  const char* e = std::getenv(name);
+  return e ? std::atoi(e) : otherwise;
 }
 
 void check_launch(int err, const char* what) {
@@ -147,7 +148,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_cuda(
   a.max_bs = max_bs;
   a.reverse = reverse;
   a.save = save;
-  a.tuning = tuning_bits();
+  a.tuning = env_int("LSTM_FUSED_CUDA_TUNING", a.tuning);
+  a.min_units = env_int("LSTM_FUSED_CUDA_UNITS", a.min_units);
   if (kind != Scalar::kFloat64 && path != Path::kFallback) {
     a.gates = gates.data_ptr<float>();
     a.cells = save ? cells.data_ptr<float>() : nullptr;
@@ -162,10 +164,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_cuda(
     if (grid > 0) {
       const Tensor offsets = batch_sizes ? device_offsets(off, x.device()) : Tensor();
       const Tensor h_pre = proj ? at::empty({2, s.B, s.H}, x.options().dtype(at::kFloat)) : Tensor();
-      const Tensor flags = at::zeros({2 * grid}, x.options().dtype(at::kInt));
+      // Step flags (not needed with grid.sync, the measured default of the forward).
+      const bool use_flags = (a.tuning & 3) != 2;
+      const Tensor flags = use_flags ? at::zeros({2 * grid}, x.options().dtype(at::kInt)) : Tensor();
       a.offsets = offsets.defined() ? offsets.data_ptr<int64_t>() : nullptr;
       a.h_pre = proj ? h_pre.data_ptr<float>() : nullptr;
-      a.flags = reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>());
+      a.flags = use_flags ? reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()) : nullptr;
       check_launch(cuda::forward_persistent(a, kind, stream), "forward_persistent");
       return {y, h_n, c_n, saved_gates, cells};
     }
@@ -255,7 +259,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cuda
       a.P = s.P;
       a.max_bs = max_bs;
       a.reverse = reverse;
-      a.tuning = tuning_bits();
+      a.tuning = env_int("LSTM_FUSED_CUDA_TUNING", a.tuning);
+      a.min_units = env_int("LSTM_FUSED_CUDA_UNITS", a.min_units);
       a.grad_y = grad_y.data_ptr();
       a.grad_hn = grad_hn.data_ptr();
       a.grad_cn = grad_cn.data_ptr();

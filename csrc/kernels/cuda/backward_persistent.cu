@@ -236,7 +236,7 @@ BwdPlan make_plan(const BackwardArgs& a, int64_t max_batch) {
   const DeviceInfo d = device_info();
   if (d.sms == 0 || a.max_bs > max_batch || a.H <= 0 || a.T <= 0) return p;
   const int64_t sz = sizeof(T);
-  p.U = static_cast<int>((a.H + d.sms - 1) / d.sms);
+  p.U = static_cast<int>(std::max<int64_t>((a.H + d.sms - 1) / d.sms, std::max(1, a.min_units)));
   const int64_t grid = (a.H + p.U - 1) / p.U;
   p.Q = PROJ ? static_cast<int>((a.P + grid - 1) / grid) : p.U;
   p.K4 = static_cast<int>(round_up(4 * a.H, kChunk));

@@ -47,8 +47,9 @@ struct ForwardArgs {
   void* c_n = nullptr;          // [B, H] scalar, written
   float* h_pre = nullptr;       // [2, B, H] workspace when w_hr: o * tanh(c), by step parity
   unsigned* flags = nullptr;    // [2 * grid] workspace, zeroed before the launch (persistent only)
-  int tuning = 0;               // experiments: bits 0-1 step sync, bit 2 per-warp staging,
-                                //   bit 3 no prefetch
+  int tuning = 6;               // bits 0-1 step sync (0 release/acquire flags, 1 fenced flags,
+                                //   2 grid.sync), bit 2 per-warp staging, bit 3 no prefetch
+  int min_units = 1;            // hidden units per block at least (fewer, fuller blocks)
 };
 
 struct BackwardArgs {
@@ -78,7 +79,8 @@ struct BackwardArgs {
   void* dh0 = nullptr;       // [B, P] scalar, written
   void* dc0 = nullptr;       // [B, H] scalar, written
   unsigned* flags = nullptr;  // [2 * grid] workspace, zeroed before the launch (persistent only)
-  int tuning = 0;             // experiments only: bits 0-1 step sync, bit 2 per-warp staging
+  int tuning = 4;             // as ForwardArgs::tuning
+  int min_units = 1;          // as ForwardArgs::min_units
 };
 
 // Persistent cooperative kernels: one launch runs the whole time loop; each block keeps its slice
