@@ -39,8 +39,10 @@ def case_result(case: Case, key: str, timings: Optional[Timings], cont: Optional
             inner=timings.inner[name],
             pct_gemm=100.0 * r["gflops"] / gemm if gemm else None,
             pct_copy=100.0 * r["gbps"] / copy if copy else None,
+            spread=timings.spread(name),
         )
         res["contenders"][name] = r
+    res["noisy"] = any(v["spread"] > 0.2 for v in res["contenders"].values())
     c = res["contenders"]
     if OURS in c and TORCH in c:
         res["speedup"] = c[TORCH]["median_ms"] / c[OURS]["median_ms"]
@@ -81,6 +83,8 @@ def progress_line(i: int, n: int, res: dict) -> str:
         line += f"  speedup {res['speedup']:.2f}x"
     if OURS in c:
         line += f"  {c[OURS]['gflops']:.1f} GFLOP/s ({_fmt(c[OURS]['pct_gemm'], '.0f')}%)"
+    if res.get("noisy"):
+        line += "  NOISY (spread > 20%)"
     for name, why in res["skipped"].items():
         line += f"\n        {name} not run: {why}"
     return line
@@ -98,7 +102,7 @@ def table(results: list[dict]) -> str:
         row = [r["case"]["label"], _threads(r),
                _fmt(o.get("median_ms"), ".3f"),
                _fmt(c.get(TORCH, {}).get("median_ms"), ".3f"),
-               _fmt(r.get("speedup"), ".2f") + ("x" if "speedup" in r else "")]
+               _fmt(r.get("speedup"), ".2f") + ("x" if "speedup" in r else "") + ("?" if r.get("noisy") else "")]
         if r["error"]:
             row[2] = "ERROR"
         if has_flash:
@@ -114,6 +118,8 @@ def table(results: list[dict]) -> str:
     for row in rows:
         lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
                                for i, (v, w) in enumerate(zip(row, widths))))
+    lines.append("speedup = t(nn.LSTM)/t(lstm_fused), medians; '?' = noisy (a contender's IQR > 20% of "
+                 "its median); GFLOP/s, GB/s: lstm_fused's; % of this run's measured GEMM / copy ceilings")
     return "\n".join(lines)
 
 
@@ -135,8 +141,9 @@ def plot(path: str, results: list[dict], title: str) -> Optional[str]:
     done = [r for r in results if "speedup" in r]
     if not done:
         return "no case has a speedup: no plot"
-    labels = [f"{r['case']['label']} [thr {_threads(r)}]" if r["ceiling_key"] != "cuda"
-              else r["case"]["label"] for r in done]
+    labels = [(f"{r['case']['label']} [thr {_threads(r)}]" if r["ceiling_key"] != "cuda"
+               else r["case"]["label"]) + (f" (target {r['case']['target']})" if r["case"]["target"] else "")
+              for r in done]
     ours = [r["speedup"] for r in done]
     flash = [r.get("speedup_flashrnn_over_nn.LSTM") for r in done]
     has_flash = any(v is not None for v in flash)

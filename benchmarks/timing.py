@@ -4,7 +4,10 @@ Each contender is a zero-argument callable doing one timed unit (one forward, on
 or a whole streaming loop). After a warm-up, every repetition times each contender once, in an
 order that alternates between repetitions (so drifts in clock speed or cache state hit all alike).
 A sample is `inner` back-to-back calls (enough to last `min_sample_s`) divided by `inner`; the
-number of repetitions is capped by a time budget. On CUDA a sample is bracketed by CUDA events
+number of repetitions is capped by a time budget. On a shared machine a burst of other work can
+disturb a few samples: while any contender's spread (interquartile range / median) stays above
+`max_spread`, more rounds run, up to `noisy_budget_factor` times the budget; a result still that
+spread is flagged noisy by the caller. On CUDA a sample is bracketed by CUDA events
 after a synchronize; on the CPU by time.perf_counter. Never unsynchronized.
 """
 from __future__ import annotations
@@ -25,6 +28,8 @@ class TimingConfig:
     min_reps: int = 5
     max_reps: int = 50
     min_sample_s: float = 2e-3  # a sample lasts at least this long (short calls are batched)
+    max_spread: float = 0.2  # (q75 - q25) / median above which more rounds are run
+    noisy_budget_factor: float = 3.0
 
 
 @dataclass
@@ -37,6 +42,13 @@ class Timings:
 
     def best(self, name: str) -> float:
         return min(self.per_call_s[name])
+
+    def spread(self, name: str) -> float:
+        s = self.per_call_s[name]
+        if len(s) < 4:
+            return 0.0
+        q = statistics.quantiles(s, n=4)
+        return (q[2] - q[0]) / statistics.median(s)
 
 
 class _Clock:
@@ -79,8 +91,16 @@ def measure(fns: dict[str, Callable[[], object]], device: torch.device, cfg: Tim
     reps = int(min(max(cfg.budget_s / per_round, cfg.min_reps), cfg.max_reps))
 
     out = Timings(per_call_s={n: [] for n in names}, inner=inner)
-    for r in range(reps):
+    t0 = time.perf_counter()
+    r = 0
+    while True:
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             out.per_call_s[name].append(clock.time(fns[name], inner[name]) / inner[name])
-    return out
+        r += 1
+        if r < reps:
+            continue
+        noisy = any(out.spread(n) > cfg.max_spread for n in names)
+        elapsed = time.perf_counter() - t0
+        if not noisy or r >= 2 * cfg.max_reps or elapsed > cfg.noisy_budget_factor * cfg.budget_s:
+            return out
