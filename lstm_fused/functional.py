@@ -36,4 +36,6 @@ def lstm(x, h0, c0, weights, num_layers, bidirectional, dropout, training, batch
             h_n.append(h)
             c_n.append(c)
         x = torch.cat(outs, dim=-1) if D == 2 else outs[0]
+    if len(h_n) == 1:
+        return x, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
     return x, torch.stack(h_n), torch.stack(c_n)

@@ -51,6 +51,15 @@ struct ForwardParams {
   scalar_t* c_n = nullptr;         // [B, H] written
   acc_t* cells = nullptr;          // [N, H] written when save: c of every row (else unused)
   bool save = false;
+
+  // The input projection fused into the recurrence, for small-batch inference (one step of a
+  // stream costs less than a separate GEMM call): when x is set, gates is nullptr, save is false,
+  // and every step computes x_t W_ih^T + b_ih + b_hh itself. CPU only, B <= 4.
+  const scalar_t* x = nullptr;     // [N, I] read
+  const scalar_t* w_ih = nullptr;  // [4H, I] read
+  const scalar_t* b_ih = nullptr;  // [4H] read, or nullptr
+  const scalar_t* b_hh = nullptr;  // [4H] read, or nullptr
+  int64_t I = 0;
 };
 
 template <typename scalar_t, typename acc_t>

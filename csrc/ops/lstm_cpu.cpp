@@ -44,7 +44,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   LSTM_FUSED_NO_AUTOCAST;
   const LayerShape s = check_forward_args(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes);
   const auto acc = acc_dtype(x.scalar_type());
-  at::Tensor gates = input_projection(x, w_ih, b_ih, b_hh, s, acc);
+  // A few steps of small-batch inference (streaming): the kernel does the input projection too,
+  // which saves a GEMM call and a buffer per call.
+  const bool fuse_input = !save && s.B <= 4 && s.T <= 4;
+  at::Tensor gates = fuse_input ? at::empty({0}, x.options().dtype(acc)) : input_projection(x, w_ih, b_ih, b_hh, s, acc);
+  const at::Tensor xc = fuse_input ? x.contiguous() : at::Tensor(), wihc = fuse_input ? w_ih.contiguous() : at::Tensor();
+  const at::Tensor bihc = fuse_input && b_ih ? b_ih->contiguous() : at::Tensor();
+  const at::Tensor bhhc = fuse_input && b_hh ? b_hh->contiguous() : at::Tensor();
   at::Tensor y = at::empty(output_sizes(x, s.P), x.options());
   at::Tensor h_n = at::empty({s.B, s.P}, x.options());
   at::Tensor c_n = at::empty({s.B, s.H}, x.options());
@@ -64,7 +70,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
     p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
     p.reverse = reverse;
     p.num_threads = threads_for(s.T, s.B, s.H, s.P);
-    p.gates = gates.mutable_data_ptr<kacc>();
+    p.gates = fuse_input ? nullptr : gates.mutable_data_ptr<kacc>();
+    p.x = kptr<scalar_t>(xc);
+    p.w_ih = kptr<scalar_t>(wihc);
+    p.b_ih = kptr<scalar_t>(bihc);
+    p.b_hh = kptr<scalar_t>(bhhc);
+    p.I = s.I;
     p.w_hh = kptr<scalar_t>(whh);
     p.w_hr = kptr<scalar_t>(whr);
     p.h0 = kptr<scalar_t>(h0c);

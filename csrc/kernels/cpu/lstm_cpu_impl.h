@@ -166,6 +166,37 @@ inline void mac_tile(int64_t K, const acc_t* const (&a)[MR], const acc_t* b, int
   }
 }
 
+// The barrier between steps. libgomp's costs microseconds on a small machine (it wakes waiters
+// through the kernel); this one spins on one cache line, which is what a step of a few
+// microseconds needs. OpenMP guarantees the team's threads run at once, so spinning cannot
+// deadlock; past a bound it yields, for machines with more threads than cores.
+class SpinBarrier {
+ public:
+  void reset(int n) { n_ = n; }
+  void wait() {
+    const int gen = gen_.load(std::memory_order_relaxed);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      gen_.store(gen + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < 4096) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<int> gen_{0};
+  int n_ = 1;
+};
+
 // Row index helpers for the packed/dense row layout of lstm.h.
 struct Steps {  // row index helpers, see lstm.h
   std::vector<int64_t> off;  // off[t]: first row of step t; off[T] = N
@@ -194,7 +225,7 @@ struct ForwardCtx {
   int64_t H, P, G, Hp;
   bool proj;
   const Steps* steps;
-  const acc_t* wp;  // packed W_hh^T [P][nblk][4][U]
+  const acc_t* wp;  // packed W_hh^T [nblk][P][4][U]
   acc_t* cst;       // [B, Hp] cell state
   acc_t* hpre;      // [B, Hp] o * tanh(c) before the projection
 };
@@ -246,7 +277,7 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
     const acc_t* xg = p.gates + (row0 + r0 + r) * x.G + j0;
     for (int g = 0; g < 4; ++g) acc[r][g] = load_n<V>(xg + g * x.H, nu);
   }
-  mac_tile<MR, 4>(x.P, arows, x.wp + blk * 4 * U, 4 * x.Hp, acc);
+  mac_tile<MR, 4>(x.P, arows, x.wp + blk * x.P * 4 * U, 4 * U, acc);
   for (int r = 0; r < MR; ++r) cell_update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hnext);
 }
 
@@ -262,6 +293,9 @@ inline V load_w(const scalar_t* w) {
   }
 }
 
+// Below this many steps a small batch reads W_hh in place rather than packing it.
+constexpr int64_t kPackMinSteps = 16;
+
 template <typename V>
 inline auto hsum(V v) {
   auto s = v[0];
@@ -269,31 +303,53 @@ inline auto hsum(V v) {
   return s;
 }
 
+// out[b] = w . rows[b] over K elements, for NB rows at once (w and rows in any of our dtypes).
+template <int NB, typename V, typename wt_t, typename rt_t, typename acc_t>
+inline void dot_rows(const wt_t* w, const rt_t* const (&rows)[NB], int64_t K, acc_t (&out)[NB]) {
+  constexpr int U = sizeof(V) / sizeof(acc_t);
+  const int64_t kfull = K / U * U;
+  V s[NB] = {};
+  for (int64_t k = 0; k < kfull; k += U) {
+    const V wv = load_w<V>(w + k);
+    for (int b = 0; b < NB; ++b) s[b] += wv * load_w<V>(rows[b] + k);
+  }
+  for (int b = 0; b < NB; ++b) {
+    acc_t tail = 0;
+    for (int64_t k = kfull; k < K; ++k) tail += to_acc(w[k]) * to_acc(rows[b][k]);
+    out[b] = hsum(s[b]) + tail;
+  }
+}
+
 // The small-batch path (NB <= 4 rows): dot products along the rows of W_hh as it lies in memory,
-// so nothing is packed per call (for one step at batch 1 the packing would cost more than the
-// step). One block of U units, all four gates, then the same cell update.
+// so nothing is packed per call (for a few steps at batch 1 the packing would cost more than
+// the steps). With p.x set, the input projection is done here too. One block of U units, all
+// four gates, then the same cell update.
 template <int NB, typename scalar_t, typename acc_t>
 inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
                        int64_t row0, int64_t t, const acc_t* hcur, acc_t* hnext) {
   using V = typename VecOf<acc_t>::type;
   constexpr int U = Tiling<acc_t>::U;
-  const int64_t H = x.H, P = x.P, j0 = blk * U, kfull = P / U * U;
+  const int64_t H = x.H, P = x.P, j0 = blk * U;
   const int nu = static_cast<int>(std::min<int64_t>(U, H - j0));
-  const int ktail = static_cast<int>(P - kfull);
+  const acc_t* hrows[NB];
+  const scalar_t* xrows[NB];
+  for (int b = 0; b < NB; ++b) {
+    hrows[b] = hcur + b * P;
+    xrows[b] = p.x ? p.x + (row0 + b) * p.I : nullptr;
+  }
   V pre[NB][4];
   for (int g = 0; g < 4; ++g) {
     acc_t lane[NB][U] = {};
     for (int u = 0; u < nu; ++u) {
-      const scalar_t* w = p.w_hh + (g * H + j0 + u) * P;
-      V s[NB] = {};
-      for (int64_t k = 0; k < kfull; k += U) {
-        const V wv = load_w<V>(w + k);
-        for (int b = 0; b < NB; ++b) s[b] += wv * loadu<V>(hcur + b * P + k);
-      }
-      for (int b = 0; b < NB; ++b) {
-        acc_t tail = 0;
-        for (int k = 0; k < ktail; ++k) tail += to_acc(w[kfull + k]) * hcur[b * P + kfull + k];
-        lane[b][u] = hsum(s[b]) + tail + p.gates[(row0 + b) * x.G + g * H + j0 + u];
+      const int64_t wrow = g * H + j0 + u;
+      acc_t rec[NB], inp[NB];
+      dot_rows<NB, V>(p.w_hh + wrow * P, hrows, P, rec);
+      if (p.x) {
+        dot_rows<NB, V>(p.w_ih + wrow * p.I, xrows, p.I, inp);
+        const acc_t bias = (p.b_ih ? to_acc(p.b_ih[wrow]) : acc_t(0)) + (p.b_hh ? to_acc(p.b_hh[wrow]) : acc_t(0));
+        for (int b = 0; b < NB; ++b) lane[b][u] = rec[b] + (inp[b] + bias);
+      } else {
+        for (int b = 0; b < NB; ++b) lane[b][u] = rec[b] + p.gates[(row0 + b) * x.G + wrow];
       }
     }
     for (int b = 0; b < NB; ++b) pre[b][g] = loadu<V>(lane[b]);
@@ -312,21 +368,26 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   const bool proj = p.w_hr != nullptr;
   const Steps steps(p.batch_sizes, T, B);
 
-  // W_hh^T with the four gates of each block of U units side by side: wp[k][blk][gate][u]
-  // (not for the small-batch path, which reads W_hh in place).
-  const bool gemv = B <= 4;
+  // W_hh^T block by block, the four gates of each block of U units side by side:
+  // wp[blk][k][gate][u], so that a block's k loop streams through contiguous memory (not for the
+  // small-batch path, which reads W_hh in place).
+  const bool gemv = p.x != nullptr || (B <= 4 && T < kPackMinSteps);
   std::vector<acc_t> wp(gemv ? 0 : P * 4 * Hp, acc_t(0));
+  // A blocked transpose: for each k, the U units of a block are one cache line of wp while their
+  // U rows of W_hh are read in step.
   for (int64_t g = 0; g < (gemv ? 0 : 4); ++g)
-    for (int64_t j = 0; j < H; ++j) {
-      const scalar_t* wrow = p.w_hh + (g * H + j) * P;
-      const int64_t col = (j / U) * NR + g * U + j % U;
-      for (int64_t k = 0; k < P; ++k) wp[k * 4 * Hp + col] = to_acc(wrow[k]);
+    for (int64_t j0 = 0; j0 < H; j0 += U) {
+      const int nu = static_cast<int>(std::min<int64_t>(U, H - j0));
+      const scalar_t* w = p.w_hh + (g * H + j0) * P;
+      acc_t* out = wp.data() + (j0 / U) * P * NR + g * U;
+      for (int64_t k = 0; k < P; ++k)
+        for (int u = 0; u < nu; ++u) out[k * NR + u] = to_acc(w[u * P + k]);
     }
   // W_hr^T: wr[k][c] = w_hr[c][k], k < H, c < P (padded to Pp).
   std::vector<acc_t> wr(proj ? H * Pp : 0, acc_t(0));
   if (proj)
-    for (int64_t c = 0; c < P; ++c)
-      for (int64_t k = 0; k < H; ++k) wr[k * Pp + c] = to_acc(p.w_hr[c * H + k]);
+    for (int64_t k = 0; k < H; ++k)
+      for (int64_t c = 0; c < P; ++c) wr[k * Pp + c] = to_acc(p.w_hr[c * H + k]);
 
   // h is double-buffered (every thread reads all of h_{t-1} while writing its part of h_t);
   // rows not yet started keep h0 in both buffers. c belongs to the thread owning the unit.
@@ -340,9 +401,12 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
 
   const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp.data(), cst.data(), hpre.data()};
   const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(nblk)));
+  SpinBarrier bar;
 #pragma omp parallel num_threads(nt_req)
   {
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+#pragma omp single
+    bar.reset(nt);
     int64_t ub0, ub1, pb0, pb1;
     split_range(nblk, tid, nt, &ub0, &ub1);
     split_range(Pp / U, tid, nt, &pb0, &pb1);
@@ -374,7 +438,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
         }
       if (proj) {
         // h_t = W_hr (o * tanh(c)): every thread needs all units, so wait for them first.
-#pragma omp barrier
+        bar.wait();
         for (int64_t r0 = 0; r0 < rows; r0 += MR) {
           const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
           const acc_t* arows[MR];
@@ -394,7 +458,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
       }
       // Rows idle at this step need no copy across the buffers: with the forward direction they
       // have finished for good, with the reverse one they have not started and hold h0 in both.
-#pragma omp barrier
+        bar.wait();
     }
   }
 }
@@ -425,9 +489,12 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
 
   const int64_t nblk = Hp / U;
   const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(std::max(nblk, Pp / U))));
+  SpinBarrier bar;
 #pragma omp parallel num_threads(nt_req)
   {
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+#pragma omp single
+    bar.reset(nt);
     int64_t ub0, ub1, pb0, pb1;
     split_range(nblk, tid, nt, &ub0, &ub1);
     split_range(Pp / U, tid, nt, &pb0, &pb1);
@@ -444,7 +511,7 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
             dht[b * P + c] = v;
             p.dh_out[(row0 + b) * P + c] = v;
           }
-#pragma omp barrier
+        bar.wait();
         for (int64_t r0 = 0; r0 < rows; r0 += MR) {
           const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
           const acc_t* arows[MR];
@@ -477,7 +544,7 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
           dg[3 * H + j] = dhv * tc * o * (acc_t(1) - o);
         }
       }
-#pragma omp barrier
+        bar.wait();
       // dh_{t-1} = dgates_t W_hh for this thread's columns; the h each row read, for dW_hh.
       for (int64_t b = 0; b < rows; ++b) {
         const int64_t row = row0 + b, tp = steps.prev(t, b, p.reverse);
@@ -495,7 +562,7 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
           for (int r = 0; r < mr; ++r) store_n(dh.data() + (r0 + r) * P + pb * U, acc[r][0], nc);
         }
       }
-#pragma omp barrier
+        bar.wait();
     }
   }
   for (int64_t i = 0; i < B * P; ++i) p.dh0[i] = from_acc<scalar_t>(dh[i]);
