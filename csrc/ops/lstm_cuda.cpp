@@ -113,6 +113,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_cuda(
     const OptTensor& b_hh, const OptTensor& w_hr_in, const Tensor& h0_in, const Tensor& c0_in,
     const OptTensor& batch_sizes, bool reverse, bool save) {
   TORCH_CHECK(x_in.is_cuda(), "lstm_fused: the CUDA forward got x on ", x_in.device());
+  LSTM_FUSED_NO_AUTOCAST;
   const c10::cuda::CUDAGuard guard(x_in.device());
   const LayerShape s =
       check_forward_args(x_in, w_ih_in, w_hh_in, b_ih, b_hh, w_hr_in, h0_in, c0_in, batch_sizes);
@@ -218,6 +219,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward_cuda
     const Tensor& h0_in, const Tensor& c0_in, const Tensor& y_in, const Tensor& gates_in,
     const Tensor& cells_in, const OptTensor& batch_sizes, bool reverse, bool has_bias) {
   TORCH_CHECK(x_in.is_cuda(), "lstm_fused: the CUDA backward got x on ", x_in.device());
+  LSTM_FUSED_NO_AUTOCAST;
   const c10::cuda::CUDAGuard guard(x_in.device());
   const LayerShape s = check_forward_args(x_in, w_ih_in, w_hh_in, c10::nullopt, c10::nullopt,
                                           w_hr_in, h0_in, c0_in, batch_sizes);
