@@ -296,11 +296,25 @@ inline V load_w(const scalar_t* w) {
 // Below this many steps a small batch reads W_hh in place rather than packing it.
 constexpr int64_t kPackMinSteps = 16;
 
+// Sum of the lanes by halving: log2(U) shuffles and adds (constant masks), not U serial adds.
+typedef int64_t vlong __attribute__((vector_size(LSTM_VEC_BYTES)));
+template <typename V> struct MaskOf;
+template <> struct MaskOf<vfloat> { using type = vint; };
+template <> struct MaskOf<vdouble> { using type = vlong; };
+template <int W, typename V>
+inline V fold_lanes(V v) {
+  if constexpr (W == 0) {
+    return v;
+  } else {
+    constexpr int L = sizeof(V) / sizeof(v[0]);
+    typename MaskOf<V>::type m;
+    for (int i = 0; i < L; ++i) m[i] = (i + W) % L;
+    return fold_lanes<W / 2>(v + __builtin_shuffle(v, m));
+  }
+}
 template <typename V>
 inline auto hsum(V v) {
-  auto s = v[0];
-  for (int l = 1; l < static_cast<int>(sizeof(V) / sizeof(s)); ++l) s += v[l];
-  return s;
+  return fold_lanes<static_cast<int>(sizeof(V) / sizeof(v[0])) / 2>(v)[0];
 }
 
 // out[b] = w . rows[b] over K elements, for NB rows at once (w and rows in any of our dtypes).
@@ -357,6 +371,45 @@ inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx
   for (int b = 0; b < NB; ++b) cell_update(p, x, pre[b], b, row0 + b, j0, nu, t, hnext);
 }
 
+#ifdef LSTM_BF16_DOT
+// bfloat16 through AVX512-BF16 (vdpbf16ps): W_hh^T packed in bf16 pairs along k
+// (wpb[blk][k/2][4U] as 32-bit pairs) and h_{t-1} rounded to bf16 (as torch.nn.LSTM keeps it in
+// bf16), accumulating in fp32: twice the products per instruction of the fp32 tile and half the
+// bytes of W_hh. Compiled only for AVX-512; taken only where the CPU has AVX512-BF16.
+inline bool cpu_has_bf16_dot() {
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+}
+
+template <int MR>
+__attribute__((target("avx512bf16"))) void gate_tile_bf16(
+    const ForwardParams<bf16_t, float>& p, const ForwardCtx<float>& x, const uint32_t* wpb, int64_t P2,
+    int64_t blk, int64_t r0, int64_t row0, int64_t t, const uint32_t* hbcur, float* hnext, uint16_t* hbnext) {
+  constexpr int U = 16;
+  const int64_t j0 = blk * U;
+  const int nu = static_cast<int>(std::min<int64_t>(U, x.H - j0));
+  vfloat acc[MR][4];
+  for (int r = 0; r < MR; ++r) {
+    const float* xg = p.gates + (row0 + r0 + r) * x.G + j0;
+    for (int g = 0; g < 4; ++g) acc[r][g] = load_n<vfloat>(xg + g * x.H, nu);
+  }
+  const uint32_t* w = wpb + blk * P2 * 4 * U;
+  for (int64_t k2 = 0; k2 < P2; ++k2) {
+    __m512bh wv[4];
+    for (int v = 0; v < 4; ++v) wv[v] = (__m512bh)_mm512_loadu_si512(w + k2 * 4 * U + v * U);
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh hv = (__m512bh)_mm512_set1_epi32(static_cast<int>(hbcur[(r0 + r) * P2 + k2]));
+      for (int v = 0; v < 4; ++v) acc[r][v] = (vfloat)_mm512_dpbf16_ps((__m512)acc[r][v], hv, wv[v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    const int64_t b = r0 + r;
+    cell_update(p, x, acc[r], b, row0 + b, j0, nu, t, hnext);
+    for (int u = 0; u < nu; ++u) hbnext[b * 2 * P2 + j0 + u] = from_acc<bf16_t>(hnext[b * x.P + j0 + u]).bits;
+  }
+}
+#endif
+
 template <typename scalar_t, typename acc_t>
 void forward(const ForwardParams<scalar_t, acc_t>& p) {
   using Tl = Tiling<acc_t>;
@@ -372,10 +425,18 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   // wp[blk][k][gate][u], so that a block's k loop streams through contiguous memory (not for the
   // small-batch path, which reads W_hh in place).
   const bool gemv = p.x != nullptr || (B <= 4 && T < kPackMinSteps);
-  std::vector<acc_t> wp(gemv ? 0 : P * 4 * Hp, acc_t(0));
+#ifdef LSTM_BF16_DOT
+  // The AVX512-BF16 path (see gate_tile_bf16): bf16 weights and h; no projection.
+  bool dot = false;
+  if constexpr (std::is_same_v<scalar_t, bf16_t>) dot = !gemv && !proj && cpu_has_bf16_dot();
+#else
+  constexpr bool dot = false;
+#endif
+  const bool fp_tiles = !gemv && !dot;
+  std::vector<acc_t> wp(fp_tiles ? P * 4 * Hp : 0, acc_t(0));
   // A blocked transpose: for each k, the U units of a block are one cache line of wp while their
   // U rows of W_hh are read in step.
-  for (int64_t g = 0; g < (gemv ? 0 : 4); ++g)
+  for (int64_t g = 0; g < (fp_tiles ? 4 : 0); ++g)
     for (int64_t j0 = 0; j0 < H; j0 += U) {
       const int nu = static_cast<int>(std::min<int64_t>(U, H - j0));
       const scalar_t* w = p.w_hh + (g * H + j0) * P;
@@ -388,6 +449,23 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   if (proj)
     for (int64_t k = 0; k < H; ++k)
       for (int64_t c = 0; c < P; ++c) wr[k * Pp + c] = to_acc(p.w_hr[c * H + k]);
+
+  const int64_t P2 = (P + 1) / 2;
+  std::vector<uint32_t> wpb(dot ? nblk * P2 * NR : 0, 0);
+  std::vector<uint16_t> hb(dot ? 2 * B * 2 * P2 : 0, 0);
+  if constexpr (std::is_same_v<scalar_t, bf16_t>) {
+    if (dot) {
+      uint16_t* w16 = reinterpret_cast<uint16_t*>(wpb.data());
+      for (int64_t g = 0; g < 4; ++g)
+        for (int64_t j = 0; j < H; ++j) {
+          const bf16_t* w = p.w_hh + (g * H + j) * P;
+          uint16_t* out = w16 + ((j / U) * P2 * NR + g * U + j % U) * 2;
+          for (int64_t k = 0; k < P; ++k) out[(k / 2) * NR * 2 + (k & 1)] = w[k].bits;
+        }
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t k = 0; k < P; ++k) hb[b * 2 * P2 + k] = hb[(B + b) * 2 * P2 + k] = p.h0[b * P + k].bits;
+    }
+  }
 
   // h is double-buffered (every thread reads all of h_{t-1} while writing its part of h_t);
   // rows not yet started keep h0 in both buffers. c belongs to the thread owning the unit.
@@ -426,7 +504,21 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
           default: break;
         }
       }
-      for (int64_t blk = ub0; blk < ub1 && !gemv; ++blk)
+#ifdef LSTM_BF16_DOT
+      if constexpr (std::is_same_v<scalar_t, bf16_t>) {
+        const uint32_t* hbcur = reinterpret_cast<const uint32_t*>(hb.data() + (s & 1) * B * 2 * P2);
+        uint16_t* hbnext = hb.data() + ((s + 1) & 1) * B * 2 * P2;
+        for (int64_t blk = ub0; blk < ub1 && dot; ++blk)
+          for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+            const int64_t mr = std::min<int64_t>(MR, rows - r0);
+            if (mr == 4) gate_tile_bf16<4>(p, ctx, wpb.data(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
+            else if (mr == 3) gate_tile_bf16<3>(p, ctx, wpb.data(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
+            else if (mr == 2) gate_tile_bf16<2>(p, ctx, wpb.data(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
+            else gate_tile_bf16<1>(p, ctx, wpb.data(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
+          }
+      }
+#endif
+      for (int64_t blk = ub0; blk < ub1 && !gemv && !dot; ++blk)
         for (int64_t r0 = 0; r0 < rows; r0 += MR) {
           const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
           switch (mr) {

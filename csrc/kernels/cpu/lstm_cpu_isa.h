@@ -2,6 +2,7 @@
 // parsed under the default target) and the declarations lstm_cpu.cpp dispatches between.
 #pragma once
 
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
