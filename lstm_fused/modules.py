@@ -123,19 +123,20 @@ class LSTM(nn.Module):
         return s.format(**self.__dict__)
 
     def _layer_weights(self):
-        D = 2 if self.bidirectional else 1
-        weights = []
-        for layer in range(self.num_layers):
-            for direction in range(D):
-                sfx = f"_l{layer}" + ("_reverse" if direction else "")
-                get = self.__dict__["_parameters"].get
-                weights.append((get("weight_ih" + sfx), get("weight_hh" + sfx), get("bias_ih" + sfx),
-                                get("bias_hh" + sfx), get("weight_hr" + sfx)))
-        return weights
+        # Read by name on every call (a parameter may have been replaced); the names are fixed.
+        names = self.__dict__.get("_weight_names")
+        if names is None:
+            D = 2 if self.bidirectional else 1
+            names = [tuple(f"{w}_l{layer}{'_reverse' if d else ''}"
+                           for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+                     for layer in range(self.num_layers) for d in range(D)]
+            self.__dict__["_weight_names"] = names
+        get = self._parameters.get
+        return [(get(a), get(b), get(c), get(d), get(e)) for a, b, c, d, e in names]
 
     # The checks of torch.nn.LSTM.forward, with its messages.
     def _check_input(self, input, batch_sizes):
-        w_dtype = self.weight_ih_l0.dtype
+        w_dtype = self._parameters["weight_ih_l0"].dtype
         if input.dtype != w_dtype and not torch._C._is_any_autocast_enabled():
             raise ValueError(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype ({w_dtype}). "
@@ -155,11 +156,10 @@ class LSTM(nn.Module):
             raise RuntimeError(f"Expected hidden[0] size {expected_h}, got {list(hx[0].size())}")
         if hx[1].size() != expected_c:
             raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(hx[1].size())}")
-        if (hx[0].dtype != self.weight_ih_l0.dtype or hx[1].dtype != self.weight_ih_l0.dtype) \
-                and not torch._C._is_any_autocast_enabled():
+        w_dtype = self._parameters["weight_ih_l0"].dtype
+        if (hx[0].dtype != w_dtype or hx[1].dtype != w_dtype) and not torch._C._is_any_autocast_enabled():
             raise RuntimeError(
-                f"hx and cx must have the dtype of the weights ({self.weight_ih_l0.dtype}), "
-                f"got {hx[0].dtype} and {hx[1].dtype}")
+                f"hx and cx must have the dtype of the weights ({w_dtype}), got {hx[0].dtype} and {hx[1].dtype}")
 
     def forward(self, input, hx=None):
         D = 2 if self.bidirectional else 1

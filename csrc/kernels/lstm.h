@@ -38,10 +38,11 @@ struct ForwardParams {
   bool reverse = false;                  // run t = T-1 .. 0 (each sequence from its own last step)
   int num_threads = 1;                   // CPU only: threads that split the hidden units
 
-  // gates: [N, 4H] read: x_t W_ih^T + b_ih + b_hh (the input projection, done by the adapter).
+  // gates: [N, 4H] read: x_t W_ih^T (the input projection, done by the adapter); bias added here.
   //        When save is true it is overwritten with the activated gates (sigmoid i, f, o;
   //        tanh g) that the backward reads; otherwise its contents are left undefined.
   acc_t* gates = nullptr;
+  const acc_t* bias = nullptr;     // [4H] read: b_ih + b_hh, or nullptr without biases
   const scalar_t* w_hh = nullptr;  // [4H, P] read
   const scalar_t* w_hr = nullptr;  // [P, H] read, or nullptr when P == H without projection
   const scalar_t* h0 = nullptr;    // [B, P] read

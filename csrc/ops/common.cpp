@@ -89,22 +89,19 @@ std::vector<int64_t> output_sizes(const at::Tensor& x, int64_t P) {
   return sizes;
 }
 
-at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih,
-                            const c10::optional<at::Tensor>& b_ih,
-                            const c10::optional<at::Tensor>& b_hh, const LayerShape& s,
+at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih, const LayerShape& s,
                             at::ScalarType acc) {
+  // Half types: the GEMM runs in the input dtype (fp32 accumulation inside the BLAS, twice the
+  // fp32 rate where the CPU has bf16 dot products), its output widened to acc.
+  return at::mm(x.reshape({s.N, s.I}), w_ih.t()).to(acc);
+}
+
+at::Tensor combined_bias(const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                         at::ScalarType acc) {
   at::Tensor bias;
   if (b_ih) bias = b_ih->to(acc);
   if (b_hh) bias = bias.defined() ? bias + b_hh->to(acc) : b_hh->to(acc);
-  if (x.scalar_type() != acc) {
-    // Half types: the GEMM runs in the input dtype (fp32 accumulation inside the BLAS, twice the
-    // fp32 rate where the CPU has bf16 dot products), its output widened, then the biases in fp32.
-    at::Tensor g = at::mm(x.reshape({s.N, s.I}), w_ih.t()).to(acc);
-    return bias.defined() ? g.add_(bias) : g;
-  }
-  const at::Tensor x2 = x.reshape({s.N, s.I});
-  if (!bias.defined()) return at::mm(x2, w_ih.t());
-  return at::addmm(bias, x2, w_ih.t());
+  return bias.defined() ? bias.contiguous() : bias;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>

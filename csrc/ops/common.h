@@ -38,11 +38,13 @@ void check_backward_args(const at::Tensor& grad_y, const at::Tensor& grad_hn,
 // x.shape[:-1] + [P]
 std::vector<int64_t> output_sizes(const at::Tensor& x, int64_t P);
 
-// [N, 4H] in acc dtype: x W_ih^T + b_ih + b_hh, one GEMM over every row.
-at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih,
-                            const c10::optional<at::Tensor>& b_ih,
-                            const c10::optional<at::Tensor>& b_hh, const LayerShape& s,
+// [N, 4H] in acc dtype: x W_ih^T, one GEMM over every row (the kernels add the biases).
+at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih, const LayerShape& s,
                             at::ScalarType acc);
+
+// [4H] in acc dtype: b_ih + b_hh; undefined without biases.
+at::Tensor combined_bias(const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                         at::ScalarType acc);
 
 // The backward op's outputs from what the recurrence produced: dx, dW_ih, dW_hh, db, dW_hr as
 // GEMMs over all rows, plus dh0 and dc0 as they are. dh_out/h_pre are undefined without w_hr.

@@ -47,7 +47,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // A few steps of small-batch inference (streaming): the kernel does the input projection too,
   // which saves a GEMM call and a buffer per call.
   const bool fuse_input = !save && s.B <= 4 && s.T <= 4;
-  at::Tensor gates = fuse_input ? at::empty({0}, x.options().dtype(acc)) : input_projection(x, w_ih, b_ih, b_hh, s, acc);
+  at::Tensor gates = fuse_input ? at::empty({0}, x.options().dtype(acc)) : input_projection(x, w_ih, s, acc);
+  const at::Tensor bias = fuse_input ? at::Tensor() : combined_bias(b_ih, b_hh, acc);
   const at::Tensor xc = fuse_input ? x.contiguous() : at::Tensor(), wihc = fuse_input ? w_ih.contiguous() : at::Tensor();
   const at::Tensor bihc = fuse_input && b_ih ? b_ih->contiguous() : at::Tensor();
   const at::Tensor bhhc = fuse_input && b_hh ? b_hh->contiguous() : at::Tensor();
@@ -71,6 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
     p.reverse = reverse;
     p.num_threads = threads_for(s.T, s.B, s.H, s.P);
     p.gates = fuse_input ? nullptr : gates.mutable_data_ptr<kacc>();
+    p.bias = bias.defined() ? bias.const_data_ptr<kacc>() : nullptr;
     p.x = kptr<scalar_t>(xc);
     p.w_ih = kptr<scalar_t>(wihc);
     p.b_ih = kptr<scalar_t>(bihc);

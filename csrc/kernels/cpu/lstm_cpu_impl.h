@@ -271,11 +271,13 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
   const int64_t j0 = blk * U;
   const int nu = static_cast<int>(std::min<int64_t>(U, x.H - j0));
   const acc_t* arows[MR];
+  V bias[4];
+  for (int g = 0; g < 4; ++g) bias[g] = p.bias ? load_n<V>(p.bias + g * x.H + j0, nu) : V{};
   V acc[MR][4];
   for (int r = 0; r < MR; ++r) {
     arows[r] = hcur + (r0 + r) * x.P;
     const acc_t* xg = p.gates + (row0 + r0 + r) * x.G + j0;
-    for (int g = 0; g < 4; ++g) acc[r][g] = load_n<V>(xg + g * x.H, nu);
+    for (int g = 0; g < 4; ++g) acc[r][g] = load_n<V>(xg + g * x.H, nu) + bias[g];
   }
   mac_tile<MR, 4>(x.P, arows, x.wp + blk * x.P * 4 * U, 4 * U, acc);
   for (int r = 0; r < MR; ++r) cell_update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hnext);
@@ -363,7 +365,8 @@ inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx
         const acc_t bias = (p.b_ih ? to_acc(p.b_ih[wrow]) : acc_t(0)) + (p.b_hh ? to_acc(p.b_hh[wrow]) : acc_t(0));
         for (int b = 0; b < NB; ++b) lane[b][u] = rec[b] + (inp[b] + bias);
       } else {
-        for (int b = 0; b < NB; ++b) lane[b][u] = rec[b] + p.gates[(row0 + b) * x.G + wrow];
+        const acc_t bias = p.bias ? p.bias[wrow] : acc_t(0);
+        for (int b = 0; b < NB; ++b) lane[b][u] = rec[b] + (p.gates[(row0 + b) * x.G + wrow] + bias);
       }
     }
     for (int b = 0; b < NB; ++b) pre[b][g] = loadu<V>(lane[b]);
@@ -388,10 +391,12 @@ __attribute__((target("avx512bf16"))) void gate_tile_bf16(
   constexpr int U = 16;
   const int64_t j0 = blk * U;
   const int nu = static_cast<int>(std::min<int64_t>(U, x.H - j0));
+  vfloat bias[4];
+  for (int g = 0; g < 4; ++g) bias[g] = p.bias ? load_n<vfloat>(p.bias + g * x.H + j0, nu) : vfloat{};
   vfloat acc[MR][4];
   for (int r = 0; r < MR; ++r) {
     const float* xg = p.gates + (row0 + r0 + r) * x.G + j0;
-    for (int g = 0; g < 4; ++g) acc[r][g] = load_n<vfloat>(xg + g * x.H, nu);
+    for (int g = 0; g < 4; ++g) acc[r][g] = load_n<vfloat>(xg + g * x.H, nu) + bias[g];
   }
   const uint32_t* w = wpb + blk * P2 * 4 * U;
   for (int64_t k2 = 0; k2 < P2; ++k2) {
