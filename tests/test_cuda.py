@@ -5,6 +5,7 @@ LSTM_FUSED_CUDA_PATH) as well as on the automatic choice. Half types follow the 
 error against an fp64 computation is at most about twice that of torch.nn.LSTM run in the same
 dtype, plus a small epsilon. Skipped where CUDA is not available.
 """
+import copy
 import contextlib
 import dataclasses
 import os
@@ -374,3 +375,21 @@ def test_64bit_indexing():
         e = [max_err(yb[-4:], ya[-4:]), max_err(hb, ha), max_err(cb, ca)]
     print(e)
     assert max(e) < 5e-2
+
+
+def test_autocast_fp16_matches_half_model():
+    """Under CUDA autocast the module runs in the autocast dtype, as a half copy of it would."""
+    torch.manual_seed(0)
+    model = lstm_fused.LSTM(16, 32, num_layers=2, bidirectional=True).cuda()
+    x = torch.randn(7, 3, 16, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        y, (h, c) = model(x)
+    half = copy.deepcopy(model).half()
+    with torch.no_grad():
+        y2, (h2, c2) = half(x.half())
+    print("autocast dtypes", y.dtype, h.dtype, c.dtype)
+    assert y.dtype == h.dtype == c.dtype == torch.float16
+    assert torch.equal(y, y2) and torch.equal(h, h2) and torch.equal(c, c2)
+    y.float().sum().backward()
+    grad = model.weight_hh_l1_reverse.grad
+    assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all()
