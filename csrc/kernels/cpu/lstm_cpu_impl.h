@@ -278,6 +278,10 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
     arows[r] = hcur + (r0 + r) * x.P;
     const acc_t* xg = p.gates + (row0 + r0 + r) * x.G + j0;
     for (int g = 0; g < 4; ++g) acc[r][g] = load_n<V>(xg + g * x.H, nu) + bias[g];
+    // The next row tile's input projection (a cold [N, 4H] buffer): fetch it during this tile's
+    // k loop. A prefetch past the last row is harmless.
+    const acc_t* xn = xg + MR * x.G;
+    for (int g = 0; g < 4; ++g) __builtin_prefetch(xn + g * x.H);
   }
   mac_tile<MR, 4>(x.P, arows, x.wp + blk * x.P * 4 * U, 4 * U, acc);
   for (int r = 0; r < MR; ++r) cell_update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hnext);
@@ -652,7 +656,18 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
         const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
         const acc_t* arows[MR];
         for (int r = 0; r < MR; ++r) arows[r] = p.dgates + (row0 + r0 + std::min(r, mr - 1)) * G;
-        for (int64_t pb = pb0; pb < pb1; ++pb) {
+        // Four column blocks per register tile where there are four (4 loads feed 16 FMAs), then
+        // one at a time.
+        int64_t pb = pb0;
+        for (; pb + 4 <= pb1; pb += 4) {
+          V acc[MR][4] = {};
+          mac_tile<MR, 4>(G, arows, wh.data() + pb * U, Pp, acc);
+          for (int v = 0; v < 4; ++v) {
+            const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
+            for (int r = 0; r < mr; ++r) store_n(dh.data() + (r0 + r) * P + (pb + v) * U, acc[r][v], nc);
+          }
+        }
+        for (; pb < pb1; ++pb) {
           V acc[MR][1] = {};
           mac_tile<MR, 1>(G, arows, wh.data() + pb * U, Pp, acc);
           const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
