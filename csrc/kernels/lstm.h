@@ -43,6 +43,9 @@ struct ForwardParams {
   //        tanh g) that the backward reads; otherwise its contents are left undefined.
   acc_t* gates = nullptr;
   const acc_t* bias = nullptr;     // [4H] read: b_ih + b_hh, or nullptr without biases
+  // bf16 inference on CPUs with AVX512-BF16 (see cpu::bf16_tiles_used): the input projection as
+  // the GEMM left it, [N, 4H] in bf16, read in place of gates (then nullptr; save is false).
+  const scalar_t* gates_lp = nullptr;
   const scalar_t* w_hh = nullptr;  // [4H, P] read
   const scalar_t* w_hr = nullptr;  // [P, H] read, or nullptr when P == H without projection
   const scalar_t* h0 = nullptr;    // [B, P] read

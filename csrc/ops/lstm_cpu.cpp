@@ -47,7 +47,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // A few steps of small-batch inference (streaming): the kernel does the input projection too,
   // which saves a GEMM call and a buffer per call.
   const bool fuse_input = !save && s.B <= 4 && s.T <= 4;
-  at::Tensor gates = fuse_input ? at::empty({0}, x.options().dtype(acc)) : input_projection(x, w_ih, s, acc);
+  // bf16 inference on AVX512-BF16 tiles: they read the GEMM's bf16 output as it is.
+  const bool gates_lp = !save && !fuse_input && x.scalar_type() == at::kBFloat16 &&
+                        cpu::bf16_tiles_used(s.T, s.B, w_hr.has_value());
+  at::Tensor gates = fuse_input ? at::empty({0}, x.options().dtype(acc))
+                     : gates_lp ? at::mm(x.reshape({s.N, s.I}), w_ih.t())
+                                : input_projection(x, w_ih, s, acc);
   const at::Tensor bias = fuse_input ? at::Tensor() : combined_bias(b_ih, b_hh, acc);
   const at::Tensor xc = fuse_input ? x.contiguous() : at::Tensor(), wihc = fuse_input ? w_ih.contiguous() : at::Tensor();
   const at::Tensor bihc = fuse_input && b_ih ? b_ih->contiguous() : at::Tensor();
@@ -71,7 +76,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
     p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
     p.reverse = reverse;
     p.num_threads = threads_for(s.T, s.B, s.H, s.P);
-    p.gates = fuse_input ? nullptr : gates.mutable_data_ptr<kacc>();
+    if (gates_lp) {
+      p.gates_lp = kptr<scalar_t>(gates);
+    } else if (!fuse_input) {
+      p.gates = gates.mutable_data_ptr<kacc>();
+    }
     p.bias = bias.defined() ? bias.const_data_ptr<kacc>() : nullptr;
     p.x = kptr<scalar_t>(xc);
     p.w_ih = kptr<scalar_t>(wihc);
@@ -89,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
     p.save = save;
     cpu::lstm_forward(p);
   });
-  if (!save) gates = at::empty({0}, gates.options());
+  if (!save) gates = at::empty({0}, x.options().dtype(acc));
   return {y, h_n, c_n, gates, cells};
 }
 

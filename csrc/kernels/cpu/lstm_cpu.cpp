@@ -49,6 +49,10 @@ const char* isa_name() {
   }
 }
 
+bool bf16_tiles_used(int64_t T, int64_t B, bool proj) {
+  return isa() == Isa::kAvx512 && avx512::cpu_has_bf16_dot() && !proj && !avx512::small_batch_path(T, B);
+}
+
 template <typename scalar_t, typename acc_t>
 void lstm_forward(const ForwardParams<scalar_t, acc_t>& params) {
   switch (isa()) {

@@ -21,6 +21,10 @@ void lstm_forward(const ForwardParams<scalar_t, acc_t>& params);
 template <typename scalar_t, typename acc_t>
 void lstm_backward(const BackwardParams<scalar_t, acc_t>& params);
 
+// Whether lstm_forward<bf16_t> runs its AVX512-BF16 tiles for these sizes (those read
+// ForwardParams::gates_lp when it is set).
+bool bf16_tiles_used(int64_t T, int64_t B, bool proj);
+
 // "avx512", "avx2" or "baseline": the code path lstm_forward/lstm_backward take on this CPU.
 const char* isa_name();
 

@@ -318,6 +318,9 @@ inline V fold_lanes(V v) {
     return fold_lanes<W / 2>(v + __builtin_shuffle(v, m));
   }
 }
+// Small batches over few steps read W_hh in place (gemv_block) instead of packing it.
+bool small_batch_path(int64_t T, int64_t B) { return B <= 4 && T < kPackMinSteps; }
+
 template <typename V>
 inline auto hsum(V v) {
   return fold_lanes<static_cast<int>(sizeof(V) / sizeof(v[0])) / 2>(v)[0];
@@ -383,7 +386,7 @@ inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx
 // (wpb[blk][k/2][4U] as 32-bit pairs) and h_{t-1} rounded to bf16 (as torch.nn.LSTM keeps it in
 // bf16), accumulating in fp32: twice the products per instruction of the fp32 tile and half the
 // bytes of W_hh. Compiled only for AVX-512; taken only where the CPU has AVX512-BF16.
-inline bool cpu_has_bf16_dot() {
+bool cpu_has_bf16_dot() {
   static const bool has = __builtin_cpu_supports("avx512bf16");
   return has;
 }
@@ -399,8 +402,17 @@ __attribute__((target("avx512bf16"))) void gate_tile_bf16(
   for (int g = 0; g < 4; ++g) bias[g] = p.bias ? load_n<vfloat>(p.bias + g * x.H + j0, nu) : vfloat{};
   vfloat acc[MR][4];
   for (int r = 0; r < MR; ++r) {
-    const float* xg = p.gates + (row0 + r0 + r) * x.G + j0;
-    for (int g = 0; g < 4; ++g) acc[r][g] = load_n<vfloat>(xg + g * x.H, nu) + bias[g];
+    if (p.gates_lp) {
+      const bf16_t* xg = p.gates_lp + (row0 + r0 + r) * x.G + j0;
+      for (int g = 0; g < 4; ++g) {
+        float lane[U] = {};
+        for (int u = 0; u < nu; ++u) lane[u] = to_acc(xg[g * x.H + u]);
+        acc[r][g] = loadu<vfloat>(lane) + bias[g];
+      }
+    } else {
+      const float* xg = p.gates + (row0 + r0 + r) * x.G + j0;
+      for (int g = 0; g < 4; ++g) acc[r][g] = load_n<vfloat>(xg + g * x.H, nu) + bias[g];
+    }
   }
   const uint32_t* w = wpb + blk * P2 * 4 * U;
   for (int64_t k2 = 0; k2 < P2; ++k2) {
@@ -433,7 +445,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   // W_hh^T block by block, the four gates of each block of U units side by side:
   // wp[blk][k][gate][u], so that a block's k loop streams through contiguous memory (not for the
   // small-batch path, which reads W_hh in place).
-  const bool gemv = p.x != nullptr || (B <= 4 && T < kPackMinSteps);
+  const bool gemv = p.x != nullptr || small_batch_path(T, B);
 #ifdef LSTM_BF16_DOT
   // The AVX512-BF16 path (see gate_tile_bf16): bf16 weights and h; no projection.
   bool dot = false;

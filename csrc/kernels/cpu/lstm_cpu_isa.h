@@ -24,6 +24,8 @@
   void forward(const ForwardParams<scalar_t, acc_t>& p);                               \
   template <typename scalar_t, typename acc_t>                                         \
   void backward(const BackwardParams<scalar_t, acc_t>& p);                             \
+  bool cpu_has_bf16_dot();                                                             \
+  bool small_batch_path(int64_t T, int64_t B);                                         \
   }                                                                                    \
   }                                                                                    \
   }
