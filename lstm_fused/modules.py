@@ -203,7 +203,7 @@ class LSTM(nn.Module):
         if not packed and x.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         weights = self._layer_weights()
-        if torch.is_autocast_enabled(x.device.type):
+        if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(x.device.type):
             # As torch.nn.LSTM under autocast: input, states and weights in the autocast dtype.
             dtype = torch.get_autocast_dtype(x.device.type)
             x, h0, c0 = x.to(dtype), h0.to(dtype), c0.to(dtype)

@@ -33,7 +33,7 @@ typename KernelType<scalar_t>::type* kptr_mut(at::Tensor& t) {
 // or the whole call too small to pay for waking the team.
 int threads_for(int64_t T, int64_t rows, int64_t H, int64_t P) {
   const int64_t per_step = std::max<int64_t>(rows, 1) * 4 * H * P;
-  return (per_step < (1 << 15) || T * per_step < (1 << 20)) ? 1 : at::get_num_threads();
+  return (per_step < (1 << 15) || T * per_step < (1 << 16)) ? 1 : at::get_num_threads();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(

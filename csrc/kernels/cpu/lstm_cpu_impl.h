@@ -326,21 +326,19 @@ inline auto hsum(V v) {
   return fold_lanes<static_cast<int>(sizeof(V) / sizeof(v[0])) / 2>(v)[0];
 }
 
-// out[b] = w . rows[b] over K elements, for NB rows at once (w and rows in any of our dtypes).
+// s[b] += w . rows[b] over K elements, for NB rows at once, in vector lanes (the part past the
+// last full vector goes to tail[b]); w and rows in any of our dtypes. The caller sums the lanes
+// once after all its products.
 template <int NB, typename V, typename wt_t, typename rt_t, typename acc_t>
-inline void dot_rows(const wt_t* w, const rt_t* const (&rows)[NB], int64_t K, acc_t (&out)[NB]) {
+inline void dot_rows(const wt_t* w, const rt_t* const (&rows)[NB], int64_t K, V (&s)[NB], acc_t (&tail)[NB]) {
   constexpr int U = sizeof(V) / sizeof(acc_t);
   const int64_t kfull = K / U * U;
-  V s[NB] = {};
   for (int64_t k = 0; k < kfull; k += U) {
     const V wv = load_w<V>(w + k);
     for (int b = 0; b < NB; ++b) s[b] += wv * load_w<V>(rows[b] + k);
   }
-  for (int b = 0; b < NB; ++b) {
-    acc_t tail = 0;
-    for (int64_t k = kfull; k < K; ++k) tail += to_acc(w[k]) * to_acc(rows[b][k]);
-    out[b] = hsum(s[b]) + tail;
-  }
+  for (int b = 0; b < NB; ++b)
+    for (int64_t k = kfull; k < K; ++k) tail[b] += to_acc(w[k]) * to_acc(rows[b][k]);
 }
 
 // The small-batch path (NB <= 4 rows): dot products along the rows of W_hh as it lies in memory,
@@ -365,15 +363,16 @@ inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx
     acc_t lane[NB][U] = {};
     for (int u = 0; u < nu; ++u) {
       const int64_t wrow = g * H + j0 + u;
-      acc_t rec[NB], inp[NB];
-      dot_rows<NB, V>(p.w_hh + wrow * P, hrows, P, rec);
+      V s[NB] = {};
+      acc_t tail[NB] = {};
+      dot_rows<NB>(p.w_hh + wrow * P, hrows, P, s, tail);
       if (p.x) {
-        dot_rows<NB, V>(p.w_ih + wrow * p.I, xrows, p.I, inp);
+        dot_rows<NB>(p.w_ih + wrow * p.I, xrows, p.I, s, tail);  // same lanes: one lane sum per row
         const acc_t bias = (p.b_ih ? to_acc(p.b_ih[wrow]) : acc_t(0)) + (p.b_hh ? to_acc(p.b_hh[wrow]) : acc_t(0));
-        for (int b = 0; b < NB; ++b) lane[b][u] = rec[b] + (inp[b] + bias);
+        for (int b = 0; b < NB; ++b) lane[b][u] = hsum(s[b]) + tail[b] + bias;
       } else {
         const acc_t bias = p.bias ? p.bias[wrow] : acc_t(0);
-        for (int b = 0; b < NB; ++b) lane[b][u] = rec[b] + (p.gates[(row0 + b) * x.G + wrow] + bias);
+        for (int b = 0; b < NB; ++b) lane[b][u] = hsum(s[b]) + tail[b] + (p.gates[(row0 + b) * x.G + wrow] + bias);
       }
     }
     for (int b = 0; b < NB; ++b) pre[b][g] = loadu<V>(lane[b]);
