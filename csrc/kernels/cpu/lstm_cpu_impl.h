@@ -99,10 +99,6 @@ inline vdouble tanh_v(vdouble x) {
   for (int l = 0; l < static_cast<int>(sizeof(vdouble) / sizeof(double)); ++l) x[l] = std::tanh(x[l]);
   return x;
 }
-inline float sigmoid(float x) { return sigmoid_v(vfloat{} + x)[0]; }
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline float tanh_(float x) { return tanh_v(vfloat{} + x)[0]; }
-inline double tanh_(double x) { return std::tanh(x); }
 
 // U: acc_t lanes of one vector register; hidden units are packed in blocks of U.
 // MR: batch rows of one register tile; NR = 4U columns (the four gates of one unit block).
@@ -129,6 +125,18 @@ inline V load_n(const acc_t* p, int n) {
   acc_t tmp[U] = {};
   for (int i = 0; i < n; ++i) tmp[i] = p[i];
   return loadu<V>(tmp);
+}
+// The first n lanes of p in any of our dtypes (bf16 widens), zeros after.
+template <typename V, typename T>
+inline V load_any_n(const T* p, int n) {
+  using acc_t = std::remove_reference_t<decltype(V{}[0])>;
+  if constexpr (std::is_same_v<T, acc_t>) {
+    return load_n<V>(p, n);
+  } else {
+    acc_t tmp[sizeof(V) / sizeof(acc_t)] = {};
+    for (int i = 0; i < n; ++i) tmp[i] = to_acc(p[i]);
+    return loadu<V>(tmp);
+  }
 }
 // Stores the first n lanes of v to p, converting to scalar_t.
 template <typename scalar_t, typename V>
@@ -641,19 +649,22 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
         const acc_t* gr = p.gates + row * G;
         const acc_t* cr = p.cells + row * H;
         acc_t* dg = p.dgates + row * G;
-        for (int64_t j = j_begin; j < j_end; ++j) {
-          const acc_t dhv = proj ? dhp[b * Hp + j] : to_acc(p.grad_y[row * P + j]) + dh[b * P + j];
-          const acc_t i = gr[j], f = gr[H + j], g = gr[2 * H + j], o = gr[3 * H + j];
-          const acc_t c = cr[j];
-          const acc_t cp = tp >= 0 ? p.cells[(steps.off[tp] + b) * H + j] : to_acc(p.c0[b * H + j]);
-          const acc_t tc = tanh_(c);
-          if (proj) p.h_pre[row * H + j] = o * tc;
-          const acc_t dct = dc[b * H + j] + dhv * o * (acc_t(1) - tc * tc);
-          dc[b * H + j] = dct * f;
-          dg[j] = dct * g * i * (acc_t(1) - i);
-          dg[H + j] = dct * cp * f * (acc_t(1) - f);
-          dg[2 * H + j] = dct * i * (acc_t(1) - g * g);
-          dg[3 * H + j] = dhv * tc * o * (acc_t(1) - o);
+        const acc_t* cprev = tp >= 0 ? p.cells + (steps.off[tp] + b) * H : nullptr;
+        for (int64_t j = j_begin; j < j_end; j += U) {
+          const int n = static_cast<int>(std::min<int64_t>(U, j_end - j));
+          const V dhv = proj ? load_n<V>(dhp.data() + b * Hp + j, n)
+                             : load_any_n<V>(p.grad_y + row * P + j, n) + load_n<V>(dh.data() + b * P + j, n);
+          const V i = load_n<V>(gr + j, n), f = load_n<V>(gr + H + j, n);
+          const V g = load_n<V>(gr + 2 * H + j, n), o = load_n<V>(gr + 3 * H + j, n);
+          const V cp = cprev ? load_n<V>(cprev + j, n) : load_any_n<V>(p.c0 + b * H + j, n);
+          const V tc = tanh_v(load_n<V>(cr + j, n));
+          if (proj) store_n(p.h_pre + row * H + j, o * tc, n);
+          const V dct = load_n<V>(dc.data() + b * H + j, n) + dhv * o * (acc_t(1) - tc * tc);
+          store_n(dc.data() + b * H + j, dct * f, n);
+          store_n(dg + j, dct * g * i * (acc_t(1) - i), n);
+          store_n(dg + H + j, dct * cp * f * (acc_t(1) - f), n);
+          store_n(dg + 2 * H + j, dct * i * (acc_t(1) - g * g), n);
+          store_n(dg + 3 * H + j, dhv * tc * o * (acc_t(1) - o), n);
         }
       }
         bar.wait();
