@@ -51,8 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   const bool gates_lp = !save && !fuse_input && x.scalar_type() == at::kBFloat16 &&
                         cpu::bf16_tiles_used(s.T, s.B, w_hr.has_value());
   at::Tensor gates = fuse_input ? at::empty({0}, x.options().dtype(acc))
-                     : gates_lp ? at::mm(x.reshape({s.N, s.I}), w_ih.t())
-                                : input_projection(x, w_ih, s, acc);
+                     : input_projection(x, w_ih, s, gates_lp ? x.scalar_type() : acc);
   const at::Tensor bias = fuse_input ? at::Tensor() : combined_bias(b_ih, b_hh, acc);
   const at::Tensor xc = fuse_input ? x.contiguous() : at::Tensor(), wihc = fuse_input ? w_ih.contiguous() : at::Tensor();
   const at::Tensor bihc = fuse_input && b_ih ? b_ih->contiguous() : at::Tensor();
