@@ -62,6 +62,23 @@ template <> inline bf16_t from_acc<bf16_t>(float v) {
   return bf16_t{static_cast<uint16_t>(u >> 16)};
 }
 
+// bf16 <-> float on whole vectors (a shift each way; rounding to nearest even, NaN kept quiet),
+// so that bf16 loads and stores vectorize like the float ones.
+typedef uint32_t vuint __attribute__((vector_size(LSTM_VEC_BYTES)));
+typedef uint16_t vhalfword __attribute__((vector_size(LSTM_VEC_BYTES / 2)));
+inline vfloat widen_bf16(const bf16_t* p) {
+  vhalfword h;
+  std::memcpy(&h, p, sizeof h);
+  return (vfloat)(__builtin_convertvector(h, vuint) << 16);
+}
+inline vhalfword narrow_bf16(vfloat v) {
+  const vuint u = (vuint)v;
+  const vuint rounded = u + (((u >> 16) & 1u) + 0x7fffu);
+  const vuint quiet = u | 0x400000u;
+  const vuint r = (u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded;
+  return __builtin_convertvector(r >> 16, vhalfword);
+}
+
 // exp for float vectors in plain arithmetic (libm's does not vectorize without -ffast-math):
 // Cody-Waite range reduction and a degree-6 polynomial, within about 2 ulp; NaN stays NaN
 // (every comparison with NaN is false, so the clamps pass it through).
@@ -133,6 +150,7 @@ inline V load_any_n(const T* p, int n) {
   if constexpr (std::is_same_v<T, acc_t>) {
     return load_n<V>(p, n);
   } else {
+    if (n == static_cast<int>(sizeof(V) / sizeof(acc_t))) return widen_bf16(p);
     acc_t tmp[sizeof(V) / sizeof(acc_t)] = {};
     for (int i = 0; i < n; ++i) tmp[i] = to_acc(p[i]);
     return loadu<V>(tmp);
@@ -145,6 +163,9 @@ inline void store_n(scalar_t* p, V v, int n) {
   constexpr int U = sizeof(V) / sizeof(acc_t);
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (n == U) return storeu(p, v);
+  } else if constexpr (std::is_same_v<scalar_t, bf16_t>) {
+    const vhalfword h = narrow_bf16(v);
+    return std::memcpy(p, &h, n * sizeof(bf16_t)), void();
   }
   for (int i = 0; i < n; ++i) p[i] = from_acc<scalar_t>(v[i]);
 }
@@ -299,9 +320,7 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
 template <typename V, typename scalar_t>
 inline V load_w(const scalar_t* w) {
   if constexpr (std::is_same_v<scalar_t, bf16_t>) {
-    V v;
-    for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(float)); ++l) v[l] = to_acc(w[l]);
-    return v;
+    return widen_bf16(w);
   } else {
     return loadu<V>(w);
   }
@@ -411,11 +430,7 @@ __attribute__((target("avx512bf16"))) void gate_tile_bf16(
   for (int r = 0; r < MR; ++r) {
     if (p.gates_lp) {
       const bf16_t* xg = p.gates_lp + (row0 + r0 + r) * x.G + j0;
-      for (int g = 0; g < 4; ++g) {
-        float lane[U] = {};
-        for (int u = 0; u < nu; ++u) lane[u] = to_acc(xg[g * x.H + u]);
-        acc[r][g] = loadu<vfloat>(lane) + bias[g];
-      }
+      for (int g = 0; g < 4; ++g) acc[r][g] = load_any_n<vfloat>(xg + g * x.H, nu) + bias[g];
     } else {
       const float* xg = p.gates + (row0 + r0 + r) * x.G + j0;
       for (int g = 0; g < 4; ++g) acc[r][g] = load_n<vfloat>(xg + g * x.H, nu) + bias[g];
@@ -433,7 +448,7 @@ __attribute__((target("avx512bf16"))) void gate_tile_bf16(
   for (int r = 0; r < MR; ++r) {
     const int64_t b = r0 + r;
     cell_update(p, x, acc[r], b, row0 + b, j0, nu, t, hnext);
-    for (int u = 0; u < nu; ++u) hbnext[b * 2 * P2 + j0 + u] = from_acc<bf16_t>(hnext[b * x.P + j0 + u]).bits;
+    store_n(reinterpret_cast<bf16_t*>(hbnext) + b * 2 * P2 + j0, load_n<vfloat>(hnext + b * x.P + j0, nu), nu);
   }
 }
 #endif
