@@ -1,9 +1,11 @@
 // CPU kernels: the fused recurrent loops of one layer and direction (see ../lstm.h for the params).
 //
-// The caller has already run the input projection (params.gates holds x W_ih^T + b_ih + b_hh).
-// Each function packs the recurrent weights once per call, then owns the whole timestep loop:
-// num_threads threads split the hidden units (each thread computes all four gates of its units,
-// so the cell update needs no exchange) and meet at one barrier per step (two with a projection).
+// The caller has already run the input projection (params.gates holds x W_ih^T; the biases are
+// added here), except for a few steps of small-batch inference, where the kernel does it too.
+// Each function packs the recurrent weights once per call (small batches over few steps read
+// them in place), then owns the whole timestep loop: num_threads threads split the hidden units
+// (each thread computes all four gates of its units, so the cell update needs no exchange) and
+// meet at one barrier per step (two with a projection; the backward two or three).
 // The implementation is compiled once per instruction set (AVX-512, AVX2, baseline) and the
 // widest the running CPU supports is picked at run time.
 #pragma once

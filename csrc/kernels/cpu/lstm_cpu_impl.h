@@ -1,18 +1,12 @@
 // The CPU recurrent loops, written once and compiled once per instruction set: each
 // lstm_cpu_<isa>.cpp defines LSTM_ISA (the namespace) and LSTM_VEC_BYTES (vector register width),
-// sets `#pragma GCC target`, and includes this file. Plain C++ loops over fixed-size register
-// tiles that the compiler vectorizes for that target; no intrinsics, so one source serves all.
+// sets `#pragma GCC target`, and includes this file. Plain C++ over GCC vector types and
+// fixed-size register tiles, which the compiler maps onto that target's registers, so one source
+// serves all; the one exception is the AVX512-BF16 tile (LSTM_BF16_DOT, AVX-512 copy only),
+// whose dot-product instruction has no portable spelling.
 //
-// Only to be included by lstm_cpu_<isa>.cpp, after the standard headers below (they must not be
-// compiled under the target pragma).
-#include <omp.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <vector>
-
+// Only to be included by lstm_cpu_<isa>.cpp, after cpu/lstm_cpu_isa.h: the standard headers must
+// be parsed before the target pragma, never under it.
 #include "cpu/lstm_cpu.h"
 
 namespace lstm_fused {
