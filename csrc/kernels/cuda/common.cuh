@@ -82,16 +82,22 @@ __device__ __forceinline__ void dot4x4(const WT* __restrict__ W, int ldw,
 }
 
 // Tensor cores: D = A B + D for one m16n8k16 tile, A (16x16) and B (16x8) in 16-bit, fp32 D.
-// A is row-major in shared memory (lda elements per row), B is given as its transpose Bt (8 rows
-// of k, ldb per row), both at their tile origin and k offset; lane roles as in the PTX ISA.
+// A is row-major in shared memory (lda elements per row), loaded once into the fragment `af` by
+// mma_load_a; B is given as its transpose Bt (8 rows of k, ldb per row); both at their tile
+// origin and k offset; lane roles as in the PTX ISA.
 template <typename T>
-__device__ __forceinline__ void mma_16x8x16(const T* A, int lda, const T* Bt, int ldb, int lane,
+__device__ __forceinline__ void mma_load_a(const T* A, int lda, int lane, uint32_t af[4]) {
+  const int gid = lane >> 2, tig = lane & 3;
+  af[0] = *reinterpret_cast<const uint32_t*>(A + gid * lda + tig * 2);
+  af[1] = *reinterpret_cast<const uint32_t*>(A + (gid + 8) * lda + tig * 2);
+  af[2] = *reinterpret_cast<const uint32_t*>(A + gid * lda + 8 + tig * 2);
+  af[3] = *reinterpret_cast<const uint32_t*>(A + (gid + 8) * lda + 8 + tig * 2);
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_16x8x16(const uint32_t af[4], const T* Bt, int ldb, int lane,
                                             float d[4]) {
   const int gid = lane >> 2, tig = lane & 3;
-  const uint32_t a0 = *reinterpret_cast<const uint32_t*>(A + gid * lda + tig * 2);
-  const uint32_t a1 = *reinterpret_cast<const uint32_t*>(A + (gid + 8) * lda + tig * 2);
-  const uint32_t a2 = *reinterpret_cast<const uint32_t*>(A + gid * lda + 8 + tig * 2);
-  const uint32_t a3 = *reinterpret_cast<const uint32_t*>(A + (gid + 8) * lda + 8 + tig * 2);
   const uint32_t b0 = *reinterpret_cast<const uint32_t*>(Bt + gid * ldb + tig * 2);
   const uint32_t b1 = *reinterpret_cast<const uint32_t*>(Bt + gid * ldb + 8 + tig * 2);
   if constexpr (std::is_same<T, __half>::value) {
@@ -99,13 +105,13 @@ __device__ __forceinline__ void mma_16x8x16(const T* A, int lda, const T* Bt, in
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+        : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "r"(b0), "r"(b1));
   } else {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+        : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "r"(b0), "r"(b1));
   }
 }
 
@@ -124,23 +130,37 @@ __device__ __forceinline__ int tile_products(const T* W, int ldw, int Mpad, int 
                                              const T* A, int lda, int K, int nb, int BT,
                                              float* red, int lane, int warp) {
   if constexpr (kMma<T>) {
-    const int mt = Mpad / 16, nt = (nb + 7) / 8, tp = mt * nt, ks16 = K / 16;
-    const int ksplit = max(1, min(kWarps / tp, ks16));
+    // A warp takes one 16-row W tile and one K-slice for all (<= 4) 8-row tiles of A: each W
+    // fragment is loaded once for all of them, and the 4 accumulators are independent chains.
+    const int mt = Mpad / 16, nt = (nb + 7) / 8, ks16 = K / 16;
+    const int ksplit = max(1, min(kWarps / mt, ks16));
     const int slice = (ks16 + ksplit - 1) / ksplit;
     const int gid = lane >> 2, tig = lane & 3;
-    for (int task = warp; task < tp * ksplit; task += kWarps) {
-      const int t = task % tp, ks = task / tp, mi = t % mt, ni = t / mt;
-      float d[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int task = warp; task < mt * ksplit; task += kWarps) {
+      const int mi = task % mt, ks = task / mt;
+      float d[4][4];
+#pragma unroll
+      for (int n = 0; n < 4; ++n) d[n][0] = d[n][1] = d[n][2] = d[n][3] = 0.f;
       const int kend = min(ks16, (ks + 1) * slice);
+      const T* Wm = W + static_cast<int64_t>(mi) * 16 * ldw;
       for (int k = ks * slice; k < kend; ++k) {
-        mma_16x8x16(W + static_cast<int64_t>(mi) * 16 * ldw + k * 16, ldw,
-                    A + static_cast<int64_t>(ni) * 8 * lda + k * 16, lda, lane, d);
+        uint32_t af[4];
+        mma_load_a(Wm + k * 16, ldw, lane, af);
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          if (n < nt) mma_16x8x16<T>(af, A + static_cast<int64_t>(n) * 8 * lda + k * 16, lda, lane, d[n]);
+        }
       }
-      float* r = red + static_cast<int64_t>(ks) * Mpad * BT + (mi * 16 + gid) * BT + ni * 8 + tig * 2;
-      r[0] = d[0];
-      r[1] = d[1];
-      r[8 * BT] = d[2];
-      r[8 * BT + 1] = d[3];
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        if (n < nt) {
+          float* r = red + static_cast<int64_t>(ks) * Mpad * BT + (mi * 16 + gid) * BT + n * 8 + tig * 2;
+          r[0] = d[n][0];
+          r[1] = d[n][1];
+          r[8 * BT] = d[n][2];
+          r[8 * BT + 1] = d[n][3];
+        }
+      }
     }
     return ksplit;
   } else {
@@ -232,6 +252,168 @@ __device__ __forceinline__ void wait_epoch(const unsigned* flags, unsigned epoch
     }
   }
   __syncthreads();
+}
+
+// Data-tagged exchange of h between the blocks of one launch (the LL protocol of NCCL): every
+// value travels in one word together with the step that wrote it, so a single relaxed store
+// publishes it and a consumer that reads the tag it waits for holds the value: no barrier, no
+// fence, no flag round trip. Half types: 16-bit value | 16-bit tag in 32 bits; float32: 32-bit
+// value | 32-bit tag in 64 bits. A consumer reads 16 bytes (kPerVec values) at a time; each word
+// is single-copy atomic, so every value is checked on its own. The buffer holds two slots (step
+// parity) of [max_bs][ldx] words and is filled with 0xff before the launch: no tag a step waits
+// for matches the fill, nor the slot's previous content (two steps older).
+template <typename T> struct Tagged {
+  static_assert(sizeof(T) == 2, "Tagged: half types (float32 below)");
+  using Word = uint32_t;
+  static constexpr int kPerVec = 4;
+  static __device__ __forceinline__ uint32_t tag(int64_t s) {
+    return static_cast<uint32_t>(s) & 0xffffu;
+  }
+  static __device__ __forceinline__ void publish(Word* p, T v, uint32_t tag) {
+    const uint32_t w = static_cast<uint32_t>(*reinterpret_cast<const unsigned short*>(&v)) | (tag << 16);
+    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(w) : "memory");
+  }
+  static __device__ __forceinline__ bool word_ready(const Word* p, uint32_t tag) {
+    uint32_t w;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(p) : "memory");
+    return (w >> 16) == tag;
+  }
+  // Whether the first n (1..kPerVec) values of v carry `tag`.
+  static __device__ __forceinline__ bool ready(const uint4& v, uint32_t tag, int n) {
+    return (v.x >> 16) == tag && (n < 2 || (v.y >> 16) == tag) && (n < 3 || (v.z >> 16) == tag) &&
+           (n < 4 || (v.w >> 16) == tag);
+  }
+  // The kPerVec values as they lie in shared memory (8 bytes), values past n zeroed.
+  static __device__ __forceinline__ uint2 values(const uint4& v, int n) {
+    const uint32_t e0 = v.x & 0xffffu, e1 = n > 1 ? v.y & 0xffffu : 0u;
+    const uint32_t e2 = n > 2 ? v.z & 0xffffu : 0u, e3 = n > 3 ? v.w & 0xffffu : 0u;
+    return make_uint2(e0 | (e1 << 16), e2 | (e3 << 16));
+  }
+};
+template <> struct Tagged<float> {
+  using Word = unsigned long long;
+  static constexpr int kPerVec = 2;
+  static __device__ __forceinline__ uint32_t tag(int64_t s) { return static_cast<uint32_t>(s); }
+  static __device__ __forceinline__ void publish(Word* p, float v, uint32_t tag) {
+    const Word w = static_cast<Word>(__float_as_uint(v)) | (static_cast<Word>(tag) << 32);
+    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(w) : "memory");
+  }
+  static __device__ __forceinline__ bool word_ready(const Word* p, uint32_t tag) {
+    Word w;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(w) : "l"(p) : "memory");
+    return static_cast<uint32_t>(w >> 32) == tag;
+  }
+  static __device__ __forceinline__ bool ready(const uint4& v, uint32_t tag, int n) {
+    return v.y == tag && (n < 2 || v.w == tag);
+  }
+  static __device__ __forceinline__ uint2 values(const uint4& v, int n) {
+    return make_uint2(v.x, n > 1 ? v.z : 0u);
+  }
+};
+
+// 16 bytes through L2 with relaxed gpu-scope semantics (each 4- or 8-byte element atomic).
+__device__ __forceinline__ uint4 ld_relaxed16(const void* p) {
+  uint4 v;
+  asm volatile("ld.relaxed.gpu.global.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p)
+               : "memory");
+  return v;
+}
+
+// Stages rows b0 .. b0+nb-1 of h_{t-1} into shared dst (row stride ldd elements, columns
+// [0, P); the padding columns stay as they are: zero from the kernel's start): a row b < pbs
+// from the tagged slot `slot` ([max_bs][ldx] words, waiting for `tag`), a row that starts here
+// from h0. Every thread issues kUnroll 16-byte loads before it checks any, and reloads all its
+// late vectors together: one L2 round trip per polling round, never one per late vector.
+template <typename T, int kUnroll>
+__device__ __forceinline__ void stage_tagged(T* __restrict__ dst, int ldd, int nb, int P, int64_t b0,
+                                             int64_t pbs, const typename Tagged<T>::Word* slot,
+                                             int64_t ldx, uint32_t tag, const T* __restrict__ h0,
+                                             bool backoff) {
+  using TG = Tagged<T>;
+  constexpr int E = TG::kPerVec;
+  static_assert(kUnroll <= 32, "one bit per vector");
+  const int cpr = (P + E - 1) / E;
+  const int total = nb * cpr;
+  for (int base = 0; base < total; base += kThreads * kUnroll) {
+    uint4 v[kUnroll];
+    uint32_t tagged = 0;  // bit k: vector k comes from the tagged slot
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int c = base + k * kThreads + static_cast<int>(threadIdx.x);
+      v[k] = make_uint4(0u, 0u, 0u, 0u);
+      if (c < total) {
+        const int r = c / cpr, e0 = (c - r * cpr) * E;
+        if (b0 + r < pbs) {
+          v[k] = ld_relaxed16(slot + (b0 + r) * ldx + e0);
+          tagged |= 1u << k;
+        }
+      }
+    }
+    for (;;) {
+      uint32_t late = 0;
+#pragma unroll
+      for (int k = 0; k < kUnroll; ++k) {
+        if (tagged & (1u << k)) {
+          const int c = base + k * kThreads + static_cast<int>(threadIdx.x);
+          const int e0 = (c % cpr) * E;
+          if (!TG::ready(v[k], tag, min(E, P - e0))) late |= 1u << k;
+        }
+      }
+      if (late == 0) break;
+      if (backoff) __nanosleep(64);
+#pragma unroll
+      for (int k = 0; k < kUnroll; ++k) {
+        if (late & (1u << k)) {
+          const int c = base + k * kThreads + static_cast<int>(threadIdx.x);
+          const int r = c / cpr, e0 = (c - r * cpr) * E;
+          v[k] = ld_relaxed16(slot + (b0 + r) * ldx + e0);
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int c = base + k * kThreads + static_cast<int>(threadIdx.x);
+      if (c < total) {
+        const int r = c / cpr, e0 = (c - r * cpr) * E;
+        const int n = min(E, P - e0);
+        const int64_t b = b0 + r;
+        uint2 out;
+        if (tagged & (1u << k)) {
+          out = TG::values(v[k], n);
+        } else {
+          union {
+            uint2 u;
+            T e[E];
+          } tmp;
+#pragma unroll
+          for (int i = 0; i < E; ++i) tmp.e[i] = i < n ? h0[b * P + e0 + i] : T();
+          out = tmp.u;
+        }
+        *reinterpret_cast<uint2*>(dst + static_cast<int64_t>(r) * ldd + e0) = out;
+      }
+    }
+  }
+}
+
+// Activations. Half types (whose h is rounded to 11 or 8 bits anyway) use the hardware exp2 and
+// reciprocal (a few ulp in fp32); float32 keeps the libdevice functions.
+template <typename T>
+__device__ __forceinline__ float act_sigmoid(float x) {
+  if constexpr (sizeof(T) == 2) {
+    return __frcp_rn(1.f + __expf(-x));
+  } else {
+    return 1.f / (1.f + expf(-x));
+  }
+}
+template <typename T>
+__device__ __forceinline__ float act_tanh(float x) {
+  if constexpr (sizeof(T) == 2) {
+    return 2.f * __frcp_rn(1.f + __expf(-2.f * x)) - 1.f;
+  } else {
+    return tanhf(x);
+  }
 }
 
 // Row bookkeeping of one visited step.
