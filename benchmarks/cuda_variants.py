@@ -21,16 +21,16 @@ import torch
 import lstm_fused
 from benchmarks.timing import TimingConfig, measure
 
-# LSTM_FUSED_CUDA_TUNING (forward): 3 = tagged h exchange (default without projection), +16 back
-# off while polling, +32 poll one word per producer first; 6 = grid.sync + per-warp staging.
-# LSTM_FUSED_CUDA_UNITS: hidden units per block at least (fewer, fuller blocks).
+# LSTM_FUSED_CUDA_TUNING (forward; see ForwardArgs::tuning): 6 = grid.sync + per-warp staging
+# (the default), 2 = grid.sync + tile staging, 4 = release/acquire step flags + per-warp staging.
+# LSTM_FUSED_CUDA_UNITS: hidden units per block at least (fewer, fuller blocks). Edit this table
+# to compare a new variant.
 ENV_KEYS = ("LSTM_FUSED_CUDA_TUNING", "LSTM_FUSED_CUDA_UNITS")
 VARIANTS = {
     "gsync": {"LSTM_FUSED_CUDA_TUNING": "6"},
-    "tag": {"LSTM_FUSED_CUDA_TUNING": "3"},
-    "tag-pp": {"LSTM_FUSED_CUDA_TUNING": "35"},
-    "tag-bo-pp": {"LSTM_FUSED_CUDA_TUNING": "51"},
-    "tag-u4": {"LSTM_FUSED_CUDA_TUNING": "3", "LSTM_FUSED_CUDA_UNITS": "4"},
+    "gsync-tile": {"LSTM_FUSED_CUDA_TUNING": "2"},
+    "flags": {"LSTM_FUSED_CUDA_TUNING": "4"},
+    "gsync-u4": {"LSTM_FUSED_CUDA_TUNING": "6", "LSTM_FUSED_CUDA_UNITS": "4"},
 }
 SHAPES = [  # (B, T, H), I = H
     (1, 1024, 256), (8, 1024, 256), (16, 1024, 768), (8, 1024, 1024), (32, 1024, 256),

@@ -373,42 +373,27 @@ SYNC_CFGS = [
     Cfg(T=9, B=3, I=5, H=130),
     Cfg(T=13, B=40, I=7, H=67, packed="unsorted", bidirectional=True),  # two batch tiles
     Cfg(T=6, B=8, I=3, H=1000, layers=2),
-    Cfg(T=5, B=4, I=6, H=33, proj=9),  # a projection keeps the barrier
+    Cfg(T=5, B=4, I=6, H=33, proj=9),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("cfg", SYNC_CFGS, ids=[f"s{i}" for i in range(len(SYNC_CFGS))])
 def test_forward_step_sync_variants_bitwise_equal(cfg, dtype):
-    """The tagged h exchange (default), grid.sync, and flags compute the same arithmetic in the
-    same order: the outputs agree bit for bit (inference and training forward)."""
+    """grid.sync (default), release/acquire flags and fenced flags, with per-warp or tile
+    staging, compute the same arithmetic in the same order: the outputs agree bit for bit
+    (inference and training forward)."""
     ref, ours = make_models(cfg, dtype, 41)
     data = make_data(cfg, 42)
     results = {}
     with cuda_path("persistent"):
-        for tuning in ("3", "6", "2", "0", "1"):
+        for tuning in ("6", "2", "0", "1", "4"):
             with forward_tuning(tuning):
-                results[tuning] = run(ours, cfg, data, dtype, backward=tuning in ("3", "6"))
+                results[tuning] = run(ours, cfg, data, dtype, backward=tuning in ("6", "0"))
     for tuning, res in results.items():
         for k in res:
-            if k in results["3"]:
-                assert torch.equal(res[k], results["3"][k]), (tuning, k, max_err(res[k], results["3"][k]))
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_tagged_exchange_past_16bit_steps(dtype):
-    """Half types tag h with the step modulo 2^16: 70,000 steps wrap it."""
-    cfg = Cfg(T=70_000, B=2, I=3, H=20)
-    _, ours = make_models(cfg, dtype, 43)
-    data = make_data(cfg, 44)
-    with cuda_path("persistent"):
-        with forward_tuning("3"):
-            got = run(ours, cfg, data, dtype, backward=False)
-        with forward_tuning("6"):
-            expected = run(ours, cfg, data, dtype, backward=False)
-    for k in expected:
-        assert got[k].isfinite().all(), k
-        assert torch.equal(got[k], expected[k]), (k, max_err(got[k], expected[k]))
+            if k in results["6"]:
+                assert torch.equal(res[k], results["6"][k]), (tuning, k, max_err(res[k], results["6"][k]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or

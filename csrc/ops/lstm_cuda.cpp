@@ -150,10 +150,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_cuda(
   a.max_bs = max_bs;
   a.reverse = reverse;
   a.save = save;
-  // Defaults: h through the tagged buffer without a projection, grid.sync + per-warp staging
-  // with one (the tagged exchange carries h only).
-  a.tuning = env_int("LSTM_FUSED_CUDA_TUNING", proj ? 6 : 3);
-  if (proj && (a.tuning & 3) == 3) a.tuning = (a.tuning & ~3) | 2;
+  a.tuning = env_int("LSTM_FUSED_CUDA_TUNING", a.tuning);
   a.min_units = env_int("LSTM_FUSED_CUDA_UNITS", a.min_units);
   if (kind != Scalar::kFloat64 && path != Path::kFallback) {
     a.gates = gates.data_ptr<float>();
@@ -169,17 +166,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_cuda(
     if (grid > 0) {
       const Tensor offsets = batch_sizes ? device_offsets(off, x.device()) : Tensor();
       const Tensor h_pre = proj ? at::empty({2, s.B, s.H}, x.options().dtype(at::kFloat)) : Tensor();
-      // Step flags (sync 0 and 1 only), or the tagged exchange buffer filled with 0xff (sync 3).
-      const bool tagged = cuda::forward_uses_tagged(a);
-      const bool use_flags = (a.tuning & 3) < 2;
+      // Step flags (not needed with grid.sync, the measured default of the forward).
+      const bool use_flags = (a.tuning & 3) != 2;
       const Tensor flags = use_flags ? at::zeros({2 * grid}, x.options().dtype(at::kInt)) : Tensor();
-      const Tensor hx = tagged ? at::full({cuda::forward_exchange_bytes(a, kind) / 4}, -1,
-                                          x.options().dtype(at::kInt))
-                               : Tensor();
       a.offsets = offsets.defined() ? offsets.data_ptr<int64_t>() : nullptr;
       a.h_pre = proj ? h_pre.data_ptr<float>() : nullptr;
       a.flags = use_flags ? reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()) : nullptr;
-      a.hx = tagged ? hx.data_ptr() : nullptr;
       check_launch(cuda::forward_persistent(a, kind, stream), "forward_persistent");
       return {y, h_n, c_n, saved_gates, cells};
     }

@@ -9,10 +9,6 @@
 //            updates the cell; h goes to y (or, with a projection, to the h_pre workspace);
 //   phase B: (projection only) after a grid barrier, y[:, q0..] = h_pre W_hr[q0..]^T;
 // then a grid barrier, so that the next step reads complete rows of y.
-// Without a projection the default (LL) exchanges h through a tagged buffer instead (see Tagged
-// in common.cuh): each block publishes its h values with their step and the next step's staging
-// waits on the data itself, so a step costs one L2 round trip of latency instead of a barrier
-// (fence, atomic, poll) plus the staging round trip.
 #include "common.cuh"
 
 namespace lstm_fused {
@@ -29,12 +25,8 @@ struct FwdPlan {
   int64_t red_floats = 0, tile_bytes = 0, smem = 0;
 };
 
-template <typename T, bool PROJ, bool LL>
+template <typename T, bool PROJ>
 __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs a, const FwdPlan p) {
-  static_assert(!(PROJ && LL), "the tagged exchange carries h, not the projection's h_pre");
-  using TG = Tagged<T>;
-  using Word = typename TG::Word;
-  constexpr int kUnroll = 16;
   extern __shared__ __align__(16) unsigned char smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sync = a.tuning & 3;
@@ -54,8 +46,6 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
   float* red = reinterpret_cast<float*>(tile + p.tile_bytes);  // [ksplit][Mpad][BT]
   float* cs = red + p.red_floats;                               // [max_bs][U]
 
-  const int64_t ldx = round_up(H, 4);  // row stride of the tagged slots (16-byte rows)
-  Word* hx = static_cast<Word*>(a.hx);
   const T* w_hh = static_cast<const T*>(a.w_hh);
   const T* w_hr = static_cast<const T*>(a.w_hr);
   const T* h0 = static_cast<const T*>(a.h0);
@@ -79,11 +69,6 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
     const int64_t b = i / p.U;
     const int u = static_cast<int>(i % p.U);
     cs[i] = u < nu ? to_f(c0[b * H + j0 + u]) : 0.f;
-  }
-  if (LL) {  // the tagged staging writes columns < P only: the padding stays zero
-    for (int64_t i = threadIdx.x; i < p.tile_bytes / 16; i += kThreads) {
-      reinterpret_cast<uint4*>(tile)[i] = make_uint4(0u, 0u, 0u, 0u);
-    }
   }
   // Rows that never run keep h0/c0.
   for (int64_t i = threadIdx.x; i < (a.B - a.max_bs) * nu; i += kThreads) {
@@ -116,37 +101,18 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
 #pragma unroll
       for (int g = 0; g < 4; ++g) pre[g] = gr[g * H];
     }
-    if (!LL) wait_epoch(PROJ ? flags_b : flags_a, epoch, sync);
-    const Word* slot_in = LL ? hx + ((s - 1) & 1) * a.max_bs * ldx : nullptr;
-    Word* slot_out = LL ? hx + (s & 1) * a.max_bs * ldx : nullptr;
-
-    // Tagged exchange, tuning bit 5: one thread per producer block first waits for that block's
-    // first word of row 0 (light polling), then the staging reads everything.
-    const bool backoff = (a.tuning & 16) != 0;
-    if (LL && (a.tuning & 32) != 0 && min64(pbs, bs) > 0) {
-      for (int g = threadIdx.x; g < static_cast<int>(gridDim.x); g += kThreads) {
-        while (!TG::word_ready(slot_in + static_cast<int64_t>(g) * p.U, TG::tag(s - 1))) {
-          if (backoff) __nanosleep(64);
-        }
-      }
-      __syncthreads();
-    }
+    wait_epoch(PROJ ? flags_b : flags_a, epoch, sync);
 
     // Phase A: gates and cell update of this block's units.
     T* At = reinterpret_cast<T*>(tile);
     for (int64_t b0 = 0; b0 < bs; b0 += p.BT) {
       const int nb = static_cast<int>(min64(p.BT, bs - b0));
       if (b0 > 0) __syncthreads();
-      if constexpr (LL) {
-        stage_tagged<T, kUnroll>(At, p.ldw, nb, static_cast<int>(P), b0, pbs, slot_in, ldx,
-                                 TG::tag(s - 1), h0, backoff);
-      } else {
-        stage_tile(At, p.ldw, p.BT, static_cast<int>(P), [&](int r) -> const T* {
-          const int64_t b = b0 + r;
-          if (r >= nb) return nullptr;
-          return b < pbs ? y + (poff + b) * P : h0 + b * P;
-        }, per_warp);
-      }
+      stage_tile(At, p.ldw, p.BT, static_cast<int>(P), [&](int r) -> const T* {
+        const int64_t b = b0 + r;
+        if (r >= nb) return nullptr;
+        return b < pbs ? y + (poff + b) * P : h0 + b * P;
+      }, per_warp);
       __syncthreads();
       const int nsplit = tile_products<T>(Wh, p.ldw, p.Mpad, nu, At, p.ldw, p.Kp, nb, p.BT, red, lane, warp);
       __syncthreads();
@@ -179,13 +145,12 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
           h_pre[b * H + j] = h;
         } else {
           const T hv = from_f<T>(h);
-          if (LL && b < nbs) TG::publish(slot_out + b * ldx + j, hv, TG::tag(s));
           y[row * P + j] = hv;
           if (last_step || b >= nbs) h_n[b * P + j] = hv;
         }
       }
     }
-    if (!LL) signal_epoch(flags_a, epoch + 1, sync);
+    signal_epoch(flags_a, epoch + 1, sync);
 
     if (PROJ) {
       // Phase B: y[:, q0..q0+nq) = h_pre W_hr[q0..]^T.
@@ -230,7 +195,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
   }
 }
 
-template <typename T, bool PROJ, bool LL>
+template <typename T, bool PROJ>
 FwdPlan make_plan(const ForwardArgs& a, int64_t max_batch) {
   FwdPlan p;
   const DeviceInfo d = device_info();
@@ -259,7 +224,7 @@ FwdPlan make_plan(const ForwardArgs& a, int64_t max_batch) {
     }
   }
   if (p.BT == 0) return p;
-  if (!fits_cooperative(reinterpret_cast<const void*>(forward_kernel<T, PROJ, LL>),
+  if (!fits_cooperative(reinterpret_cast<const void*>(forward_kernel<T, PROJ>),
                         static_cast<int>(grid), static_cast<size_t>(p.smem))) {
     return p;
   }
@@ -267,31 +232,26 @@ FwdPlan make_plan(const ForwardArgs& a, int64_t max_batch) {
   return p;
 }
 
-template <typename T, bool PROJ, bool LL>
+template <typename T, bool PROJ>
 int launch(const ForwardArgs& a, cudaStream_t stream) {
-  const FwdPlan p = make_plan<T, PROJ, LL>(a, INT64_MAX);
+  const FwdPlan p = make_plan<T, PROJ>(a, INT64_MAX);
   if (p.grid == 0) return static_cast<int>(cudaErrorInvalidConfiguration);
   ForwardArgs args = a;
   FwdPlan plan = p;
   void* params[] = {&args, &plan};
   return static_cast<int>(cudaLaunchCooperativeKernel(
-      reinterpret_cast<const void*>(forward_kernel<T, PROJ, LL>), dim3(p.grid), dim3(kThreads),
+      reinterpret_cast<const void*>(forward_kernel<T, PROJ>), dim3(p.grid), dim3(kThreads),
       params, static_cast<size_t>(p.smem), stream));
 }
 
 template <typename T>
 int plan_grid(const ForwardArgs& a, int64_t max_batch) {
-  if (a.w_hr) return make_plan<T, true, false>(a, max_batch).grid;
-  return forward_uses_tagged(a) ? make_plan<T, false, true>(a, max_batch).grid
-                                : make_plan<T, false, false>(a, max_batch).grid;
+  return a.w_hr ? make_plan<T, true>(a, max_batch).grid : make_plan<T, false>(a, max_batch).grid;
 }
 
 template <typename T>
 int launch_any(const ForwardArgs& a, cudaStream_t stream) {
-  if (a.w_hr) return launch<T, true, false>(a, stream);
-  if (!forward_uses_tagged(a)) return launch<T, false, false>(a, stream);
-  if (a.hx == nullptr) return static_cast<int>(cudaErrorInvalidValue);
-  return launch<T, false, true>(a, stream);
+  return a.w_hr ? launch<T, true>(a, stream) : launch<T, false>(a, stream);
 }
 
 }  // namespace

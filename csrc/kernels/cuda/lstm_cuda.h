@@ -47,27 +47,10 @@ struct ForwardArgs {
   void* c_n = nullptr;          // [B, H] scalar, written
   float* h_pre = nullptr;       // [2, B, H] workspace when w_hr: o * tanh(c), by step parity
   unsigned* flags = nullptr;    // [2 * grid] workspace, zeroed before the launch (persistent only)
-  void* hx = nullptr;           // forward_exchange_bytes() workspace, every byte 0xff before the
-                                //   launch, when forward_uses_tagged() (persistent only)
-  int tuning = 3;               // bits 0-1 step sync (0 release/acquire flags, 1 fenced flags,
-                                //   2 grid.sync, 3 h exchanged through a tagged buffer, no
-                                //   barrier: without a projection only, else 2), bit 2 per-warp
-                                //   staging, bit 3 no prefetch; with sync 3: bit 4 back off
-                                //   (nanosleep) while polling, bit 5 poll one word per
-                                //   producer block before staging
+  int tuning = 6;               // bits 0-1 step sync (0 release/acquire flags, 1 fenced flags,
+                                //   2 grid.sync), bit 2 per-warp staging, bit 3 no prefetch
   int min_units = 1;            // hidden units per block at least (fewer, fuller blocks)
 };
-
-// Whether the persistent forward exchanges h through the tagged buffer `hx` (no projection and
-// step sync 3), and that buffer's size: two slots of [max_bs][round_up(H, 4)] words of 4 bytes
-// (half types) or 8 bytes (float32).
-inline bool forward_uses_tagged(const ForwardArgs& a) {
-  return a.w_hr == nullptr && (a.tuning & 3) == 3;
-}
-inline int64_t forward_exchange_bytes(const ForwardArgs& a, Scalar s) {
-  const int64_t word = s == Scalar::kFloat32 ? 8 : 4;
-  return 2 * a.max_bs * ((a.H + 3) / 4 * 4) * word;
-}
 
 struct BackwardArgs {
   int64_t T = 0, B = 0, H = 0, P = 0;
