@@ -8,6 +8,7 @@
 #   TESTS="pytest args"     extra arguments for pytest on tests/test_cuda.py (e.g. "-x -k parity")
 #   BENCH_ARGS="..."        extra arguments for benchmarks.run (e.g. "--filter 'T1024' --budget 0.3")
 #   CPU_TESTS=1             also run the CPU op tests (tests/test_ops.py)
+#   VARIANTS=1              also time the kernels' step-sync variants (benchmarks/cuda_variants.py)
 #   LSTM_FUSED_CUDA_ARCHS   archs to build for (default 90 here: one arch builds faster)
 # Exit code: non-zero when the build, a test or the benchmark failed.
 set -uo pipefail
@@ -52,6 +53,12 @@ echo "== GPU tests"
 if [ "${CPU_TESTS:-0}" = 1 ]; then
   echo "== CPU op tests"
   "$PY" -m pytest -q tests/test_ops.py 2>&1 | tee "$OUT/test_cpu.log" | tail -n 20
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if [ "${VARIANTS:-0}" = 1 ]; then
+  echo "== step-sync variants"
+  "$PY" -m benchmarks.cuda_variants --out "$OUT" ${VARIANTS_ARGS:-} 2>&1 | tee "$OUT/variants.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
