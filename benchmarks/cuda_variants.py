@@ -22,19 +22,18 @@ import lstm_fused
 from benchmarks.timing import TimingConfig, measure
 
 # LSTM_FUSED_CUDA_TUNING (forward; see ForwardArgs::tuning): 6 = grid.sync + per-warp staging
-# (the default), 2 = grid.sync + tile staging, 4 = release/acquire step flags + per-warp staging.
+# (the default), 2 = grid.sync + tile staging, 4 = release/acquire step flags + per-warp staging,
+# +256 = never the cluster kernel (half types, H <= ~512, B <= 32 take it by default on sm_90).
 # LSTM_FUSED_CUDA_UNITS: hidden units per block at least (fewer, fuller blocks). Edit this table
 # to compare a new variant.
 ENV_KEYS = ("LSTM_FUSED_CUDA_TUNING", "LSTM_FUSED_CUDA_UNITS")
 VARIANTS = {
-    "gsync": {"LSTM_FUSED_CUDA_TUNING": "6"},
-    "gsync-tile": {"LSTM_FUSED_CUDA_TUNING": "2"},
-    "flags": {"LSTM_FUSED_CUDA_TUNING": "4"},
-    "gsync-u4": {"LSTM_FUSED_CUDA_TUNING": "6", "LSTM_FUSED_CUDA_UNITS": "4"},
+    "default": {"LSTM_FUSED_CUDA_TUNING": "6"},
+    "grid": {"LSTM_FUSED_CUDA_TUNING": "262"},
 }
 SHAPES = [  # (B, T, H), I = H
-    (1, 1024, 256), (8, 1024, 256), (16, 1024, 768), (8, 1024, 1024), (32, 1024, 256),
-    (32, 1024, 1024), (16, 1, 512),
+    (1, 1024, 256), (8, 1024, 128), (8, 1024, 256), (8, 1024, 512), (32, 1024, 256),
+    (32, 1024, 512), (16, 1024, 768), (16, 1, 512), (8, 128, 128),
 ]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -396,6 +396,37 @@ def test_forward_step_sync_variants_bitwise_equal(cfg, dtype):
                 assert torch.equal(res[k], results["6"][k]), (tuning, k, max_err(res[k], results["6"][k]))
 
 
+CLUSTER_CFGS = [
+    Cfg(T=20, B=5, I=7, H=130),
+    Cfg(T=17, B=32, I=16, H=256, packed="unsorted", bidirectional=True),  # rows start late in reverse
+    Cfg(T=9, B=3, I=5, H=512, layers=2),
+    Cfg(T=12, B=1, I=3, H=8),
+    Cfg(T=10, B=16, I=33, H=200, packed="sorted", batch_first=True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cfg", CLUSTER_CFGS, ids=[f"k{i}" for i in range(len(CLUSTER_CFGS))])
+def test_cluster_kernel_parity(cfg, dtype):
+    """Half types with H <= 512 and at most 32 rows run in one thread-block cluster on sm_90:
+    against cuDNN and float64 (forward and gradients), and against the grid-wide kernel (tuning
+    bit 8 turns the cluster kernel off), whose different summation order shows that the two
+    really are different kernels."""
+    compare(cfg, dtype, "persistent", seed=11)
+    ref, ours = make_models(cfg, dtype, 12)
+    data = make_data(cfg, 13)
+    with cuda_path("persistent"):
+        got = run(ours, cfg, data, dtype, backward=False)
+        with forward_tuning("262"):
+            grid = run(ours, cfg, data, dtype, backward=False)
+    tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
+    for k in got:
+        assert got[k].isfinite().all(), k
+        assert max_err(got[k], grid[k]) <= tol * max(1.0, grid[k].abs().max().item()), k
+    if torch.cuda.get_device_capability(0)[0] >= 9 and cfg.H >= 64:
+        assert any(not torch.equal(got[k], grid[k]) for k in got), "cluster kernel not taken"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or
                     torch.cuda.get_device_properties(0).total_memory < 40 * 2**30,
                     reason="needs 40 GiB of GPU memory")

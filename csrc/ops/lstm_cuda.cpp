@@ -162,6 +162,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_cuda(
     a.y = y.data_ptr();
     a.h_n = h_n.data_ptr();
     a.c_n = c_n.data_ptr();
+    // Half types with a small W_hh and batch: one thread-block cluster (sm_90) exchanging h in
+    // distributed shared memory; tuning bit 8 turns it off (for comparisons).
+    if ((a.tuning & 256) == 0 && cuda::forward_cluster_plan(a, kind) > 0) {
+      const Tensor offsets = batch_sizes ? device_offsets(off, x.device()) : Tensor();
+      a.offsets = offsets.defined() ? offsets.data_ptr<int64_t>() : nullptr;
+      check_launch(cuda::forward_cluster(a, kind, stream), "forward_cluster");
+      return {y, h_n, c_n, saved_gates, cells};
+    }
     const int grid = cuda::forward_persistent_plan(a, kind, persistent_batch_limit(path));
     if (grid > 0) {
       const Tensor offsets = batch_sizes ? device_offsets(off, x.device()) : Tensor();

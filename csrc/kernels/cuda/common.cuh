@@ -118,51 +118,73 @@ __device__ __forceinline__ void mma_16x8x16(const uint32_t af[4], const T* Bt, i
 // Half types multiply on the tensor cores (fp32 accumulation); float32 uses FFMA.
 template <typename T> constexpr bool kMma = !std::is_same<T, float>::value;
 
+// How tile_mma splits a W tile of Mpad rows (a multiple of 16) and K columns (a multiple of 16)
+// over the warps: mt 16-row tiles times ksplit K-slices of `slice` 16-wide steps. Fixed for a
+// launch, so the persistent kernels can compute it once, outside the time loop.
+struct MmaSplit {
+  int mt, ks16, ksplit, slice;
+};
+__device__ __forceinline__ MmaSplit mma_split(int Mpad, int K) {
+  MmaSplit sp;
+  sp.mt = Mpad / 16;
+  sp.ks16 = K / 16;
+  sp.ksplit = max(1, min(kWarps / sp.mt, sp.ks16));
+  sp.slice = (sp.ks16 + sp.ksplit - 1) / sp.ksplit;
+  return sp;
+}
+
+// red[ks][m][r] = the K-slice ks of sum_k W[m][k] * A[r][k] on the tensor cores, for r < nb <= 32.
+// A warp takes one 16-row W tile and one K-slice for all (<= 4) 8-row tiles of A: each W fragment
+// is loaded once for all of them, and the 4 accumulators are independent chains.
+template <typename T>
+__device__ __forceinline__ void tile_mma(const MmaSplit& sp, const T* W, int ldw, int Mpad,
+                                         const T* A, int lda, int nb, int BT, float* red, int lane,
+                                         int warp) {
+  const int nt = (nb + 7) / 8;
+  const int gid = lane >> 2, tig = lane & 3;
+  for (int task = warp; task < sp.mt * sp.ksplit; task += kWarps) {
+    const int mi = task % sp.mt, ks = task / sp.mt;
+    float d[4][4];
+#pragma unroll
+    for (int n = 0; n < 4; ++n) d[n][0] = d[n][1] = d[n][2] = d[n][3] = 0.f;
+    const int kend = min(sp.ks16, (ks + 1) * sp.slice);
+    const T* Wm = W + static_cast<int64_t>(mi) * 16 * ldw;
+    for (int k = ks * sp.slice; k < kend; ++k) {
+      uint32_t af[4];
+      mma_load_a(Wm + k * 16, ldw, lane, af);
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        if (n < nt) mma_16x8x16<T>(af, A + static_cast<int64_t>(n) * 8 * lda + k * 16, lda, lane, d[n]);
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      if (n < nt) {
+        float* r = red + static_cast<int64_t>(ks) * Mpad * BT + (mi * 16 + gid) * BT + n * 8 + tig * 2;
+        r[0] = d[n][0];
+        r[1] = d[n][1];
+        r[8 * BT] = d[n][2];
+        r[8 * BT + 1] = d[n][3];
+      }
+    }
+  }
+}
+
 __device__ __forceinline__ float reduce16(float v[16], int lane);
 
 // The products of one staged tile: red[ks][m][r] = sum over the K-slice ks of W[m][k] * A[r][k]
 // for W rows m < Mpad (shared, stride ldw) and tile rows r < BT (shared, stride lda), K padded
 // (kChunk for FFMA, 16 for MMA, zeros past the data). FFMA: one K-slice, warps take groups of 4
-// W rows (mgroups of them) x 4 tile rows. MMA: m16n8k16 tiles, K split over the idle warps.
+// W rows (mgroups of them) x 4 tile rows. MMA: tile_mma (nb <= 32).
 // Returns the number of K-slices to sum. The caller synchronizes before and after.
 template <typename T>
 __device__ __forceinline__ int tile_products(const T* W, int ldw, int Mpad, int mgroups,
                                              const T* A, int lda, int K, int nb, int BT,
                                              float* red, int lane, int warp) {
   if constexpr (kMma<T>) {
-    // A warp takes one 16-row W tile and one K-slice for all (<= 4) 8-row tiles of A: each W
-    // fragment is loaded once for all of them, and the 4 accumulators are independent chains.
-    const int mt = Mpad / 16, nt = (nb + 7) / 8, ks16 = K / 16;
-    const int ksplit = max(1, min(kWarps / mt, ks16));
-    const int slice = (ks16 + ksplit - 1) / ksplit;
-    const int gid = lane >> 2, tig = lane & 3;
-    for (int task = warp; task < mt * ksplit; task += kWarps) {
-      const int mi = task % mt, ks = task / mt;
-      float d[4][4];
-#pragma unroll
-      for (int n = 0; n < 4; ++n) d[n][0] = d[n][1] = d[n][2] = d[n][3] = 0.f;
-      const int kend = min(ks16, (ks + 1) * slice);
-      const T* Wm = W + static_cast<int64_t>(mi) * 16 * ldw;
-      for (int k = ks * slice; k < kend; ++k) {
-        uint32_t af[4];
-        mma_load_a(Wm + k * 16, ldw, lane, af);
-#pragma unroll
-        for (int n = 0; n < 4; ++n) {
-          if (n < nt) mma_16x8x16<T>(af, A + static_cast<int64_t>(n) * 8 * lda + k * 16, lda, lane, d[n]);
-        }
-      }
-#pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        if (n < nt) {
-          float* r = red + static_cast<int64_t>(ks) * Mpad * BT + (mi * 16 + gid) * BT + n * 8 + tig * 2;
-          r[0] = d[n][0];
-          r[1] = d[n][1];
-          r[8 * BT] = d[n][2];
-          r[8 * BT + 1] = d[n][3];
-        }
-      }
-    }
-    return ksplit;
+    const MmaSplit sp = mma_split(Mpad, K);
+    tile_mma<T>(sp, W, ldw, Mpad, A, lda, nb, BT, red, lane, warp);
+    return sp.ksplit;
   } else {
     const int ngroups = (nb + 3) / 4;
     for (int item = warp; item < mgroups * ngroups; item += kWarps) {

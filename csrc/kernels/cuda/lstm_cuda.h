@@ -48,7 +48,8 @@ struct ForwardArgs {
   float* h_pre = nullptr;       // [2, B, H] workspace when w_hr: o * tanh(c), by step parity
   unsigned* flags = nullptr;    // [2 * grid] workspace, zeroed before the launch (persistent only)
   int tuning = 6;               // bits 0-1 step sync (0 release/acquire flags, 1 fenced flags,
-                                //   2 grid.sync), bit 2 per-warp staging, bit 3 no prefetch
+                                //   2 grid.sync), bit 2 per-warp staging, bit 3 no prefetch,
+                                //   bit 8 (adapter) no cluster kernel
   int min_units = 1;            // hidden units per block at least (fewer, fuller blocks)
 };
 
@@ -95,6 +96,14 @@ int forward_persistent_plan(const ForwardArgs& a, Scalar s, int64_t max_batch);
 int backward_persistent_plan(const BackwardArgs& a, Scalar s, int64_t max_batch);
 // Return the cudaError_t of the launch (0 on success).
 int forward_persistent(const ForwardArgs& a, Scalar s, cudaStream_t stream);
+
+// The forward in one thread-block cluster of 16 (or 8) blocks on sm_90: half types, no
+// projection, max_bs <= 32, and W_hh spread over the cluster's shared memory (H up to about 512);
+// h moves between the blocks through distributed shared memory, one cluster barrier per step.
+// ForwardArgs::flags, h_pre, tuning and min_units are not used. forward_cluster_plan returns the
+// cluster size, 0 where this kernel cannot run the problem on the current device.
+int forward_cluster_plan(const ForwardArgs& a, Scalar s);
+int forward_cluster(const ForwardArgs& a, Scalar s, cudaStream_t stream);
 int backward_persistent(const BackwardArgs& a, Scalar s, cudaStream_t stream);
 
 // Fallback, one step at a time: the adapter runs the recurrent GEMM of each step through ATen and
