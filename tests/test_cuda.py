@@ -396,19 +396,19 @@ def test_forward_step_sync_variants_bitwise_equal(cfg, dtype):
                 assert torch.equal(res[k], results["6"][k]), (tuning, k, max_err(res[k], results["6"][k]))
 
 
-CLUSTER_CFGS = [
+CLUSTER_CFGS = [  # all within the cluster kernel's limit (units per block x padded rows <= 128)
     Cfg(T=20, B=5, I=7, H=130),
-    Cfg(T=17, B=32, I=16, H=256, packed="unsorted", bidirectional=True),  # rows start late in reverse
-    Cfg(T=9, B=3, I=5, H=512, layers=2),
+    Cfg(T=17, B=8, I=16, H=256, packed="unsorted", bidirectional=True),  # rows start late in reverse
+    Cfg(T=9, B=3, I=5, H=240, layers=2),
     Cfg(T=12, B=1, I=3, H=8),
-    Cfg(T=10, B=16, I=33, H=200, packed="sorted", batch_first=True),
+    Cfg(T=10, B=16, I=33, H=100, packed="sorted", batch_first=True),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("cfg", CLUSTER_CFGS, ids=[f"k{i}" for i in range(len(CLUSTER_CFGS))])
 def test_cluster_kernel_parity(cfg, dtype):
-    """Half types with H <= 512 and at most 32 rows run in one thread-block cluster on sm_90:
+    """Small half-type problems (B <= 8 at H <= 256) run in one thread-block cluster on sm_90:
     against cuDNN and float64 (forward and gradients), and against the grid-wide kernel (tuning
     bit 8 turns the cluster kernel off), whose different summation order shows that the two
     really are different kernels."""

@@ -1,6 +1,6 @@
-// The forward recurrence in one thread-block cluster (sm_90): for half types, no projection, at
-// most 32 active rows and a W_hh small enough to be spread over the shared memory of C = 16 (or
-// 8) blocks. The grid-wide kernel (forward_persistent.cu) pays a grid barrier through L2 and an
+// The forward recurrence in one thread-block cluster (sm_90): for half types, no projection, and
+// small problems (units per block x batch rows <= 128, e.g. B <= 8 at H <= 256), W_hh spread over
+// the shared memory of C = 16 (or 8) blocks. The grid-wide kernel (forward_persistent.cu) pays a grid barrier through L2 and an
 // L2 round trip for h every step (about 4 µs on an H100, half of it the barrier); inside a
 // cluster, h travels through distributed shared memory and the step ends with the hardware
 // cluster barrier.
@@ -10,10 +10,9 @@
 // block keeps the whole h_{t-1} of the active rows in a local buffer (two, by step parity; both
 // start as h0, so a row that starts late in reverse order still finds its h0 there). Per step:
 //   gates of its units = W_hh[rows] h_{t-1} (tile_mma) + input projection; cell update (c in
-//   shared memory); h to a local staging row; then the block copies its U columns of h into the
-//   other parity buffer of every block of the cluster (16-byte DSMEM stores) and arrives at the
-//   cluster barrier (release); while the barrier completes it stores y/h_n (and the saved
-//   gates) to global memory and loads the next step's input projection; then it waits (acquire).
+//   shared memory); h to y/h_n and to a local staging row; then the block copies its U columns of
+//   h into the other parity buffer of every block of the cluster (16-byte DSMEM stores) and the
+//   cluster barrier (release/acquire) publishes them for the next step.
 // The next step overwrites that parity buffer only after the barrier, when every block has
 // finished reading it.
 #include "common.cuh"
@@ -22,7 +21,7 @@ namespace lstm_fused {
 namespace cuda {
 namespace {
 
-constexpr int kItems = 4;  // (row, unit) items per thread at most: U * max_bs <= 4 * kThreads
+constexpr int64_t kMaxItems = 128;  // U * BT at most: see make_plan
 
 struct ClusterPlan {
   int C = 0;     // blocks in the cluster (the whole grid)
@@ -88,99 +87,64 @@ __global__ void __launch_bounds__(kThreads, 1)
   // No block may write into another's buffers before that block has initialized them.
   cluster.sync();
 
-  // Thread tid owns (row, unit) items i = tid + k*kThreads, k < kItems (unit i % nu, row i / nu),
-  // the same every step. The input projection of the next step is loaded while the cluster
-  // barrier completes, and the global stores of a step (y, h_n, saved gates) are issued after
-  // this block's arrival: neither is on the step's critical path.
   const Steps st{a.T, a.B, a.offsets, a.reverse};
-  float pre[kItems][4];
-  auto load_pre = [&](int64_t s2) {
-    const int64_t off2 = st.off(s2), items = nu * st.bs(s2);
-#pragma unroll
-    for (int k = 0; k < kItems; ++k) {
-      const int i = tid + k * kThreads;
-      if (i < items) {
-        const float* gr = a.gates + (off2 + i / nu) * H4 + j0 + i % nu;
-#pragma unroll
-        for (int g = 0; g < 4; ++g) pre[k][g] = gr[g * H];
-      }
-    }
-  };
-  load_pre(0);
   for (int64_t s = 0; s < a.T; ++s) {
     const int64_t off = st.off(s), bs = st.bs(s), nbs = st.bs(s + 1);
     const bool last_step = s == a.T - 1;
     const T* hin = buf + (s & 1) * buf_elems;
     T* hout = buf + ((s + 1) & 1) * buf_elems;
-    const int items = nu * static_cast<int>(bs);
 
+    // The input projection of this thread's first (row, unit), loaded before the products.
+    float pre[4] = {0.f, 0.f, 0.f, 0.f};
+    if (nu > 0 && tid < nu * bs) {
+      const float* gr = a.gates + (off + tid / nu) * H4 + j0 + tid % nu;
+#pragma unroll
+      for (int g = 0; g < 4; ++g) pre[g] = gr[g * H];
+    }
     if (nu > 0) tile_mma<T>(sp, Wh, p.ldw, p.Mpad, hin, p.ldw, static_cast<int>(bs), p.BT, red, lane, warp);
     __syncthreads();
-    float out[kItems][6];  // h, then (when saving) the activated gates and c
+    for (int i = tid; i < nu * bs; i += kThreads) {
+      const int u = i % nu, r = i / nu;
+      const int64_t j = j0 + u, row = off + r;
+      float* gr = a.gates + row * H4 + j;
+      float x[4];
 #pragma unroll
-    for (int k = 0; k < kItems; ++k) {
-      const int i = tid + k * kThreads;
-      if (i < items) {
-        const int u = i % nu, r = i / nu;
-        float x[4];
-#pragma unroll
-        for (int g = 0; g < 4; ++g) {
-          x[g] = pre[k][g];
-          for (int ks = 0; ks < sp.ksplit; ++ks) {
-            x[g] += red[static_cast<int64_t>(ks) * p.Mpad * p.BT + (u * 4 + g) * p.BT + r];
-          }
-        }
-        const float gi = act_sigmoid<T>(x[0]), gf = act_sigmoid<T>(x[1]);
-        const float gg = act_tanh<T>(x[2]), go = act_sigmoid<T>(x[3]);
-        float* cp = cs + r * p.U + u;
-        const float c = gf * *cp + gi * gg;
-        *cp = c;
-        const T hv = from_f<T>(go * act_tanh<T>(c));
-        hs[r * p.U + u] = hv;
-        out[k][0] = to_f(hv);
-        out[k][1] = gi;
-        out[k][2] = gf;
-        out[k][3] = gg;
-        out[k][4] = go;
-        out[k][5] = c;
-      }
-    }
-    if (!last_step) {
-      __syncthreads();
-      // Rows active now and next step: this block's h columns go to every block's other buffer.
-      const int send_rows = nu > 0 ? static_cast<int>(min64(bs, nbs)) : 0;
-      const int per_rank = send_rows * vecs;
-      for (int i = tid; i < p.C * per_rank; i += kThreads) {
-        const int dst_rank = i / per_rank, rem = i - dst_rank * per_rank;
-        const int r = rem / vecs, v = rem - r * vecs;
-        const uint4 val = reinterpret_cast<const uint4*>(hs + r * p.U)[v];
-        T* remote = cluster.map_shared_rank(hout, dst_rank);
-        reinterpret_cast<uint4*>(remote + static_cast<int64_t>(r) * p.ldw + j0)[v] = val;
-      }
-      asm volatile("barrier.cluster.arrive.release;" ::: "memory");
-    }
-#pragma unroll
-    for (int k = 0; k < kItems; ++k) {
-      const int i = tid + k * kThreads;
-      if (i < items) {
-        const int u = i % nu, r = i / nu;
-        const int64_t j = j0 + u, row = off + r;
-        const T hv = from_f<T>(out[k][0]);
-        y[row * H + j] = hv;
-        if (last_step || r >= nbs) h_n[r * H + j] = hv;
-        if (a.save) {
-          float* gr = a.gates + row * H4 + j;
-          gr[0] = out[k][1];
-          gr[H] = out[k][2];
-          gr[2 * H] = out[k][3];
-          gr[3 * H] = out[k][4];
-          a.cells[row * H + j] = out[k][5];
+      for (int g = 0; g < 4; ++g) {
+        x[g] = i == tid ? pre[g] : gr[g * H];
+        for (int ks = 0; ks < sp.ksplit; ++ks) {
+          x[g] += red[static_cast<int64_t>(ks) * p.Mpad * p.BT + (u * 4 + g) * p.BT + r];
         }
       }
+      const float gi = act_sigmoid<T>(x[0]), gf = act_sigmoid<T>(x[1]);
+      const float gg = act_tanh<T>(x[2]), go = act_sigmoid<T>(x[3]);
+      float* cp = cs + r * p.U + u;
+      const float c = gf * *cp + gi * gg;
+      *cp = c;
+      const T hv = from_f<T>(go * act_tanh<T>(c));
+      if (a.save) {
+        gr[0] = gi;
+        gr[H] = gf;
+        gr[2 * H] = gg;
+        gr[3 * H] = go;
+        a.cells[row * H + j] = c;
+      }
+      y[row * H + j] = hv;
+      if (last_step || r >= nbs) h_n[r * H + j] = hv;
+      hs[r * p.U + u] = hv;
     }
     if (last_step) break;
-    load_pre(s + 1);
-    asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
+    __syncthreads();
+    // Rows active now and next step: h goes to every block's other buffer.
+    const int send_rows = nu > 0 ? static_cast<int>(min64(bs, nbs)) : 0;
+    const int per_rank = send_rows * vecs;
+    for (int i = tid; i < p.C * per_rank; i += kThreads) {
+      const int dst_rank = i / per_rank, rem = i - dst_rank * per_rank;
+      const int r = rem / vecs, v = rem - r * vecs;
+      const uint4 val = reinterpret_cast<const uint4*>(hs + r * p.U)[v];
+      T* remote = cluster.map_shared_rank(hout, dst_rank);
+      reinterpret_cast<uint4*>(remote + static_cast<int64_t>(r) * p.ldw + j0)[v] = val;
+    }
+    cluster.sync();
   }
 
   __syncthreads();
@@ -269,7 +233,11 @@ ClusterPlan make_plan(const ForwardArgs& a) {
     q.off_hs = q.off_red + round_up(std::max(128, q.Mpad) * static_cast<int64_t>(q.BT) * 4, 16);
     q.off_cs = q.off_hs + round_up(static_cast<int64_t>(q.BT) * q.U * sz, 16);
     q.smem = q.off_cs + static_cast<int64_t>(q.BT) * q.U * 4;
-    if (q.smem > d.smem_optin || static_cast<int64_t>(q.U) * a.max_bs > kItems * kThreads) continue;
+    // Measured on an H100 (benchmarks/NOTES.md): ahead of the grid-wide kernel while a block
+    // has at most 128 (row, unit) items per step (B=8 at H=256, B=1 at H=256), behind it beyond
+    // (B=8 at H=512, B=32 at H=256), where the block's own chain grows and the grid kernel
+    // spreads the same work over 8x more multiprocessors.
+    if (q.smem > d.smem_optin || static_cast<int64_t>(q.U) * q.BT > kMaxItems) continue;
     if (!fits_cluster(reinterpret_cast<const void*>(forward_cluster_kernel<T>), C,
                       static_cast<size_t>(q.smem))) {
       continue;

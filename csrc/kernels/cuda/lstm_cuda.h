@@ -98,7 +98,8 @@ int backward_persistent_plan(const BackwardArgs& a, Scalar s, int64_t max_batch)
 int forward_persistent(const ForwardArgs& a, Scalar s, cudaStream_t stream);
 
 // The forward in one thread-block cluster of 16 (or 8) blocks on sm_90: half types, no
-// projection, max_bs <= 32, and W_hh spread over the cluster's shared memory (H up to about 512);
+// projection, small problems (max_bs padded to 8, times H/16 padded to 8, at most 128: B <= 8 at
+// H <= 256, B <= 16 at H <= 128), W_hh spread over the cluster's shared memory;
 // h moves between the blocks through distributed shared memory, one cluster barrier per step.
 // ForwardArgs::flags, h_pre, tuning and min_units are not used. forward_cluster_plan returns the
 // cluster size, 0 where this kernel cannot run the problem on the current device.
