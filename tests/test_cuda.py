@@ -410,8 +410,8 @@ CLUSTER_CFGS = [  # all within the cluster kernel's limit (units per block x pad
 def test_cluster_kernel_parity(cfg, dtype):
     """Small half-type problems (B <= 8 at H <= 256) run in one thread-block cluster on sm_90:
     against cuDNN and float64 (forward and gradients), and against the grid-wide kernel (tuning
-    bit 8 turns the cluster kernel off), whose different summation order shows that the two
-    really are different kernels."""
+    bit 8 turns the cluster kernel off), whose different summation order shows (in fp16) that
+    the two really are different kernels."""
     compare(cfg, dtype, "persistent", seed=11)
     ref, ours = make_models(cfg, dtype, 12)
     data = make_data(cfg, 13)
@@ -423,7 +423,9 @@ def test_cluster_kernel_parity(cfg, dtype):
     for k in got:
         assert got[k].isfinite().all(), k
         assert max_err(got[k], grid[k]) <= tol * max(1.0, grid[k].abs().max().item()), k
-    if torch.cuda.get_device_capability(0)[0] >= 9 and cfg.H >= 64:
+    # The two kernels split K differently, so their fp32 sums differ in the last bits, which
+    # flips some fp16 roundings of h (bf16, with 3 fewer bits, can come out identical).
+    if torch.cuda.get_device_capability(0)[0] >= 9 and cfg.H >= 64 and dtype == torch.float16:
         assert any(not torch.equal(got[k], grid[k]) for k in got), "cluster kernel not taken"
 
 
