@@ -30,6 +30,8 @@ class Case:
     lengths: Optional[tuple[int, ...]] = None
     # > 0: time a loop of this many one-step calls (T must be 1) with (h, c) carried between calls.
     stream_calls: int = 0
+    # Streaming only: run the calls under torch.no_grad() instead of torch.inference_mode().
+    no_grad: bool = False
     # CPU: torch.set_num_threads for this case; None keeps torch's default.
     threads: Optional[int] = None
     # The target from the issue this row comes from ("" when the row is only part of a spread).
@@ -84,6 +86,8 @@ class Case:
             parts.append("bi")
         parts.append(DTYPE_SHORT.get(self.dtype, self.dtype))
         parts.append("train" if self.training else "infer")
+        if self.no_grad:
+            parts.append("no_grad")
         return " ".join(parts)
 
     def to_json(self) -> dict:
@@ -121,6 +125,7 @@ def cpu_spread() -> list[Case]:
     """A small spread of other shapes (the 'no shape more than 1.5x slower' rule), cheap on 2 cores."""
     return [
         Case(B=1, T=1, I=256, H=256),
+        Case(B=1, T=1, I=64, H=128, stream_calls=200, no_grad=True),
         Case(B=4, T=64, I=64, H=64),
         Case(B=8, T=128, I=512, H=512),
         Case(B=64, T=50, I=128, H=128),

@@ -102,8 +102,10 @@ def _stream_fn(model: nn.Module, case: Case, device: torch.device) -> Callable[[
         torch.zeros(n, case.B, case.H, device=device, dtype=dtype),
     )
 
+    mode = torch.no_grad if case.no_grad else torch.inference_mode
+
     def fn():
-        with torch.inference_mode():
+        with mode():
             state = state0
             for x in xs:
                 y, state = model(x, state)

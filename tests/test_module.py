@@ -242,3 +242,32 @@ def test_state_dict_torch_save_weights_only():
     ref.load_state_dict(torch.load(buf, weights_only=True))
     data = make_data(cfg)
     assert_results_close(run_model(ours, cfg, data), run_model(ref, cfg, data), 1e-9, 1e-9)
+
+
+@pytest.mark.parametrize("cfg", [dict(num_layers=2, bidirectional=True, dropout=0.5), dict(proj_size=3)])
+def test_no_grad_path_equals_grad_path(cfg):
+    """Without anything to differentiate the ops run below the autograd layer: same results as
+    with grad, outputs that do not require grad, and in training mode the same dropout draws."""
+    torch.manual_seed(0)
+    m = lstm_fused.LSTM(5, 6, **cfg)
+    x = torch.randn(7, 3, 5)
+    torch.manual_seed(1)
+    y_grad, (h_grad, c_grad) = m(x)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        y, (h, c) = m(x)
+    assert not y.requires_grad and not h.requires_grad and not c.requires_grad
+    assert y_grad.requires_grad
+    for a, b in ((y, y_grad), (h, h_grad), (c, c_grad)):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def test_forward_mode_ad_is_refused():
+    """The ops define no jvp: forward-mode AD raises, never a result without its tangent."""
+    import torch.autograd.forward_ad as fwAD
+    m = lstm_fused.LSTM(3, 4)
+    x = torch.randn(2, 1, 3)
+    with fwAD.dual_level():
+        xd = fwAD.make_dual(x, torch.randn_like(x))
+        with pytest.raises(NotImplementedError):
+            m(xd)
