@@ -304,3 +304,35 @@ def test_autocast_bfloat16_like_nn_lstm(x_dtype):
         scale = max(1.0, expected[key].abs().max().item())
         torch.testing.assert_close(actual[key].float(), expected[key].float(), rtol=5e-2,
                                    atol=5e-2 * scale, msg=key)
+
+
+CHUNKED = [  # inference whose whole gate buffer would pass 8 MB while W_hh is small
+    Config(T=300, B=64, I=8, H=32, num_layers=2, dtype=torch.float64),
+    Config(T=300, B=64, I=8, H=32, num_layers=2, bidirectional=True, dtype=torch.float32),
+    Config(T=600, B=64, I=8, H=32, bidirectional=True, batch_first=True, dtype=torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("cfg", CHUNKED, ids=case_id)
+def test_parity_inference_in_time_chunks(cfg):
+    """Such inference runs the input projection and the recurrence in time chunks whose gates
+    stay in cache (csrc/ops/lstm_cpu.cpp): 2 MB of gates per chunk (32, 64 or 128 steps here)
+    with a partial last one, visited backwards for the reverse direction, state carried between
+    them."""
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    if cfg.dtype == torch.bfloat16:
+        ref64, _ = make_pair(cfg, dtype=torch.float64)
+        ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+        data.x = data.x.bfloat16().double()
+        data.h0, data.c0 = data.h0.bfloat16().double(), data.c0.bfloat16().double()
+        with torch.no_grad():
+            expected = run_model(ref64, cfg, data, dtype=torch.float64, backward=False)
+            torch_bf16 = run_model(ref, cfg, data, backward=False)
+            actual = run_model(ours, cfg, data, backward=False)
+        assert_bf16_rule(actual, torch_bf16, expected)
+        return
+    with torch.no_grad():
+        expected = run_model(ref, cfg, data, backward=False)
+        actual = run_model(ours, cfg, data, backward=False)
+    assert_results_close(actual, expected, *TOLERANCES[cfg.dtype])

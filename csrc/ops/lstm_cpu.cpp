@@ -29,6 +29,10 @@ typename KernelType<scalar_t>::type* kptr_mut(at::Tensor& t) {
   return reinterpret_cast<typename KernelType<scalar_t>::type*>(t.mutable_data_ptr<scalar_t>());
 }
 
+// Gate bytes per chunk of the chunked inference path (about half of this machine's L2 + its
+// share of L3 for two cores).
+constexpr int64_t kChunkGateBytes = int64_t{2} << 20;
+
 // One thread when a step is too small to split (the barrier per step costs about a microsecond)
 // or the whole call too small to pay for waking the team.
 int threads_for(int64_t T, int64_t rows, int64_t H, int64_t P) {
@@ -50,8 +54,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // bf16 inference on AVX512-BF16 tiles: they read the GEMM's bf16 output as it is.
   const bool gates_lp = !save && !fuse_input && x.scalar_type() == at::kBFloat16 &&
                         cpu::bf16_tiles_used(s.T, s.B, w_hr.has_value());
-  at::Tensor gates = fuse_input ? at::empty({0}, x.options().dtype(acc))
-                     : input_projection(x, w_ih, s, gates_lp ? x.scalar_type() : acc);
+  // Inference where the gate buffer of the whole sequence would be large and W_hh small: the
+  // input projection and the recurrence run in time chunks whose gates stay in cache (whole, the
+  // GEMM is bound by writing the buffer to memory: B=128, T=1024, H=32 writes 67 MB).
+  const at::ScalarType gates_dtype = gates_lp ? x.scalar_type() : acc;
+  const int64_t step_gate_bytes = s.B * 4 * s.H * at::elementSize(gates_dtype);
+  const bool chunked = !save && !fuse_input && !batch_sizes && s.T > 1 &&
+                       s.T * step_gate_bytes > 4 * kChunkGateBytes &&
+                       4 * s.H * s.P * at::elementSize(acc) <= kChunkGateBytes / 8;
+  at::Tensor gates = (fuse_input || chunked) ? at::empty({0}, x.options().dtype(acc))
+                                             : input_projection(x, w_ih, s, gates_dtype);
   const at::Tensor bias = fuse_input ? at::Tensor() : combined_bias(b_ih, b_hh, acc);
   const at::Tensor xc = fuse_input ? x.contiguous() : at::Tensor(), wihc = fuse_input ? w_ih.contiguous() : at::Tensor();
   const at::Tensor bihc = fuse_input && b_ih ? b_ih->contiguous() : at::Tensor();
@@ -95,7 +107,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
     p.c_n = kptr_mut<scalar_t>(c_n);
     p.cells = save ? cells.mutable_data_ptr<kacc>() : nullptr;
     p.save = save;
-    cpu::lstm_forward(p);
+    if (!chunked) {
+      cpu::lstm_forward(p);
+      return;
+    }
+    // Chunks in visiting order; each starts from the state the previous one left.
+    const int64_t tc = std::max<int64_t>(1, kChunkGateBytes / step_gate_bytes);
+    const int64_t nchunks = (s.T + tc - 1) / tc;
+    at::Tensor hbuf[2] = {at::empty({s.B, s.P}, x.options()), at::empty({s.B, s.P}, x.options())};
+    at::Tensor cbuf[2] = {at::empty({s.B, s.H}, x.options()), at::empty({s.B, s.H}, x.options())};
+    kscalar* y0 = kptr_mut<scalar_t>(y);
+    for (int64_t i = 0; i < nchunks; ++i) {
+      const int64_t t0 = reverse ? std::max<int64_t>(0, s.T - (i + 1) * tc) : i * tc;
+      const int64_t t1 = reverse ? s.T - i * tc : std::min(s.T, (i + 1) * tc);
+      LayerShape sc = s;
+      sc.T = t1 - t0;
+      sc.N = sc.T * s.B;
+      at::Tensor g = input_projection(x.narrow(0, t0, sc.T), w_ih, sc, gates_dtype);
+      const bool last = i == nchunks - 1;
+      p.T = sc.T;
+      if (gates_lp) {
+        p.gates_lp = kptr<scalar_t>(g);
+      } else {
+        p.gates = g.mutable_data_ptr<kacc>();
+      }
+      p.y = y0 + t0 * s.B * s.P;
+      p.h0 = i == 0 ? kptr<scalar_t>(h0c) : kptr<scalar_t>(hbuf[(i - 1) & 1]);
+      p.c0 = i == 0 ? kptr<scalar_t>(c0c) : kptr<scalar_t>(cbuf[(i - 1) & 1]);
+      p.h_n = last ? kptr_mut<scalar_t>(h_n) : kptr_mut<scalar_t>(hbuf[i & 1]);
+      p.c_n = last ? kptr_mut<scalar_t>(c_n) : kptr_mut<scalar_t>(cbuf[i & 1]);
+      cpu::lstm_forward(p);
+    }
   });
   if (!save) gates = at::empty({0}, x.options().dtype(acc));
   return {y, h_n, c_n, gates, cells};
