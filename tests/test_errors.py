@@ -248,6 +248,28 @@ def test_saturating_inputs(dtype):
         torch.testing.assert_close(actual[key], expected[key], rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("T, B", [(1, 2), (20, 8)])  # the small-batch path, the register tiles
+def test_float32_activations_over_their_range(T, B):
+    """One float32 step from given pre-activations over [-100, 100] (and around 0) against the
+    cell in float64: the vector exp, sigmoid and tanh of the CPU kernels within a few ulp."""
+    H = 1024
+    gen = torch.Generator().manual_seed(0)
+    pre = torch.cat([torch.linspace(-100, 100, 2 * H, dtype=torch.float64),
+                     torch.randn(2 * H, generator=gen, dtype=torch.float64) * 3])
+    pre = pre[torch.randperm(4 * H, generator=gen)].float()
+    c0 = (torch.randn(B, H, generator=gen) * 5).float()
+    x = torch.ones(T, B, 1)
+    with torch.no_grad():
+        y, _, _, _, _ = lstm_fused.ops.forward(x, pre.view(4 * H, 1), torch.zeros(4 * H, H), None, None, None,
+                                               torch.zeros(B, H), c0, None, False, False)
+    i, f, g, o = pre.double().view(4, H)
+    c = torch.sigmoid(f) * c0.double() + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    err = (y[0].double() - h).abs().max().item()
+    print(f"max |h - h_float64| = {err:.3g}")
+    assert err < 1e-6
+
+
 # -- empty batches --------------------------------------------------------------------------------
 
 

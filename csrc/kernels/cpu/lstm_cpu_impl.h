@@ -73,6 +73,41 @@ inline vhalfword narrow_bf16(vfloat v) {
   return __builtin_convertvector(r >> 16, vhalfword);
 }
 
+#if LSTM_VEC_BYTES == 64
+// AVX-512 has single instructions for two steps of the portable exp (after #else): rounding
+// to an integer (vrndscaleps) and scaling by 2^n (vscalefps); and a 14-bit reciprocal estimate
+// (vrcp14ps) that one Newton step brings to about 1 ulp, in place of a division. exp(v) for v in
+// [-87, 87] (the callers clamp): the same Cody-Waite reduction; e^r = 1 + r + r^2 q(r) with q of
+// degree 4 (a minimax fit, within 1.1 ulp on |r| <= ln2/2 in float arithmetic, as the degree-5 q
+// of the portable version). The clamps keep NaN (vmaxps/vminps return the second operand when
+// either is NaN) and leave sigmoid(-87) = 1.6e-38 and tanh(9) = 1 in float.
+inline __m512 exp_in_range(__m512 v) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vfloat r = (vfloat)_mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f),
+                                            _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v));
+  vfloat q = vfloat{} + 1.381461275741458e-3f;
+  q = q * r + 8.368710055947304e-3f;
+  q = q * r + 4.166838899254799e-2f;
+  q = q * r + 1.666652113199234e-1f;
+  q = q * r + 4.999999403953552e-1f;
+  return _mm512_scalef_ps((__m512)(q * (r * r) + r + 1.0f), n);
+}
+inline vfloat recip_v(vfloat d) {  // d in [1, 2^126]
+  const vfloat r = (vfloat)_mm512_maskz_rcp14_ps(0xffff, (__m512)d);
+  return r * (2.0f - d * r);
+}
+inline vfloat sigmoid_v(vfloat x) {
+  const __m512 v = _mm512_min_ps(_mm512_set1_ps(87.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), (__m512)x));
+  return recip_v(1.0f + (vfloat)exp_in_range(_mm512_sub_ps(_mm512_setzero_ps(), v)));
+}
+inline vfloat tanh_v(vfloat x) {
+  const vint sign = (vint)x & int32_t(0x80000000);
+  const __m512 ax = _mm512_min_ps(_mm512_set1_ps(9.0f), (__m512)((vint)x ^ sign));
+  const vfloat e = (vfloat)exp_in_range(_mm512_mul_ps(_mm512_set1_ps(-2.0f), ax));
+  return (vfloat)((vint)((1.0f - e) * recip_v(1.0f + e)) | sign);
+}
+#else
 // exp for float vectors in plain arithmetic (libm's does not vectorize without -ffast-math):
 // Cody-Waite range reduction and a degree-6 polynomial, within about 2 ulp; NaN stays NaN
 // (every comparison with NaN is false, so the clamps pass it through).
@@ -101,6 +136,7 @@ inline vfloat tanh_v(vfloat x) {
   const vfloat r = (1.0f - e) / (1.0f + e);
   return x < 0.0f ? -r : r;
 }
+#endif
 // float64 is the accuracy path: libm per lane.
 inline vdouble sigmoid_v(vdouble x) {
   for (int l = 0; l < static_cast<int>(sizeof(vdouble) / sizeof(double)); ++l) x[l] = 1.0 / (1.0 + std::exp(-x[l]));
@@ -159,6 +195,7 @@ inline void store_n(scalar_t* p, V v, int n) {
     if (n == U) return storeu(p, v);
   } else if constexpr (std::is_same_v<scalar_t, bf16_t>) {
     const vhalfword h = narrow_bf16(v);
+    if (n == U) return std::memcpy(p, &h, sizeof h), void();  // a vector store, not a call
     return std::memcpy(p, &h, n * sizeof(bf16_t)), void();
   }
   for (int i = 0; i < n; ++i) p[i] = from_acc<scalar_t>(v[i]);
@@ -254,10 +291,12 @@ struct ForwardCtx {
 };
 
 // The cell update of one row and one block of U units, on registers: pre-activations in, c and
-// h out (h to hnext/y, or to hpre before a projection), activations saved when training.
+// h out (h to hnext/y, or to hpre before a projection), activations saved when training. Returns
+// h (before any projection).
 template <typename scalar_t, typename acc_t, typename V>
-inline void cell_update(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, const V (&pre)[4],
-                        int64_t b, int64_t row, int64_t j0, int nu, int64_t t, acc_t* hnext) {
+__attribute__((always_inline)) inline V cell_update(const ForwardParams<scalar_t, acc_t>& p,
+                                                     const ForwardCtx<acc_t>& x, const V (&pre)[4], int64_t b,
+                                                     int64_t row, int64_t j0, int nu, int64_t t, acc_t* hnext) {
   const int64_t H = x.H, P = x.P;
   const V i = sigmoid_v(pre[0]), f = sigmoid_v(pre[1]), g = tanh_v(pre[2]), o = sigmoid_v(pre[3]);
   // Lanes past nu are padding: zero pre-activations and cell state, which stay finite.
@@ -282,6 +321,7 @@ inline void cell_update(const ForwardParams<scalar_t, acc_t>& p, const ForwardCt
     if (last) store_n(p.h_n + b * P + j0, h, nu);
   }
   if (last) store_n(p.c_n + b * H + j0, c, nu);
+  return h;
 }
 
 // One register tile of the forward: MR rows (r0..) by one block of U units, all four gates; the
@@ -429,6 +469,8 @@ __attribute__((target("avx512bf16"))) void gate_tile_bf16(
     if (p.gates_lp) {
       const bf16_t* xg = p.gates_lp + (row0 + r0 + r) * x.G + j0;
       for (int g = 0; g < 4; ++g) acc[r][g] = load_any_n<vfloat>(xg + g * x.H, nu) + bias[g];
+      // The next row tile's projection, from a buffer too large for cache (as in gate_tile).
+      for (int g = 0; g < 4; ++g) __builtin_prefetch(xg + MR * x.G + g * x.H);
     } else {
       const float* xg = p.gates + (row0 + r0 + r) * x.G + j0;
       for (int g = 0; g < 4; ++g) acc[r][g] = load_n<vfloat>(xg + g * x.H, nu) + bias[g];
@@ -445,8 +487,8 @@ __attribute__((target("avx512bf16"))) void gate_tile_bf16(
   }
   for (int r = 0; r < MR; ++r) {
     const int64_t b = r0 + r;
-    cell_update(p, x, acc[r], b, row0 + b, j0, nu, t, hnext);
-    store_n(reinterpret_cast<bf16_t*>(hbnext) + b * 2 * P2 + j0, load_n<vfloat>(hnext + b * x.P + j0, nu), nu);
+    const vfloat h = cell_update(p, x, acc[r], b, row0 + b, j0, nu, t, hnext);
+    store_n(reinterpret_cast<bf16_t*>(hbnext) + b * 2 * P2 + j0, h, nu);
   }
 }
 #endif
