@@ -139,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
       cpu::lstm_forward(p);
     }
   });
-  if (!save) gates = at::empty({0}, x.options().dtype(acc));
+  if (!save && gates.numel() != 0) gates = at::empty({0}, x.options().dtype(acc));
   return {y, h_n, c_n, gates, cells};
 }
 

@@ -257,6 +257,25 @@ class SpinBarrier {
   int n_ = 1;
 };
 
+// Runs body(tid, nt) on a team of nt_req threads sharing bar, or inline for one thread: an
+// OpenMP region of one thread still costs a fraction of a microsecond in libgomp (a futex call
+// among them), a tenth of a one-step streaming call.
+template <typename F>
+void run_team(int nt_req, SpinBarrier& bar, F&& body) {
+  if (nt_req == 1) {
+    bar.reset(1);
+    body(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(nt_req)
+  {
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+#pragma omp single
+    bar.reset(nt);
+    body(tid, nt);
+  }
+}
+
 // Row index helpers for the packed/dense row layout of lstm.h.
 struct Steps {  // row index helpers, see lstm.h
   std::vector<int64_t> off;  // off[t]: first row of step t; off[T] = N
@@ -563,11 +582,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp.data(), cst.data(), hpre.data()};
   const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(nblk)));
   SpinBarrier bar;
-#pragma omp parallel num_threads(nt_req)
-  {
-    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
-#pragma omp single
-    bar.reset(nt);
+  run_team(nt_req, bar, [&](int tid, int nt) {
     int64_t ub0, ub1, pb0, pb1;
     split_range(nblk, tid, nt, &ub0, &ub1);
     split_range(Pp / U, tid, nt, &pb0, &pb1);
@@ -637,7 +652,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
       // have finished for good, with the reverse one they have not started and hold h0 in both.
         bar.wait();
     }
-  }
+  });
 }
 
 template <typename scalar_t, typename acc_t>
@@ -667,11 +682,7 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
   const int64_t nblk = Hp / U;
   const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(std::max(nblk, Pp / U))));
   SpinBarrier bar;
-#pragma omp parallel num_threads(nt_req)
-  {
-    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
-#pragma omp single
-    bar.reset(nt);
+  run_team(nt_req, bar, [&](int tid, int nt) {
     int64_t ub0, ub1, pb0, pb1;
     split_range(nblk, tid, nt, &ub0, &ub1);
     split_range(Pp / U, tid, nt, &pb0, &pb1);
@@ -755,7 +766,7 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
       }
         bar.wait();
     }
-  }
+  });
   for (int64_t i = 0; i < B * P; ++i) p.dh0[i] = from_acc<scalar_t>(dh[i]);
   for (int64_t i = 0; i < B * H; ++i) p.dc0[i] = from_acc<scalar_t>(dc[i]);
 }
