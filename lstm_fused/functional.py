@@ -43,7 +43,7 @@ def _forward_ad_level():
 def _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save):
     if num_layers == 1 and D == 1:  # the common case, without the loops (streaming calls are short)
         w_ih, w_hh, b_ih, b_hh, w_hr = weights[0]
-        y, h, c, _, _ = ops.forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0[0], c0[0], batch_sizes, False, save)
+        y, h, c, _, _ = ops.call_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0[0], c0[0], batch_sizes, False, save)
         return y, h.unsqueeze(0), c.unsqueeze(0)
     h_n, c_n = [], []
     for layer in range(num_layers):
@@ -53,7 +53,7 @@ def _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, sa
         for d in range(D):
             k = layer * D + d
             w_ih, w_hh, b_ih, b_hh, w_hr = weights[k]
-            y, h, c, _, _ = ops.forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0[k], c0[k], batch_sizes, d == 1, save)
+            y, h, c, _, _ = ops.call_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0[k], c0[k], batch_sizes, d == 1, save)
             outs.append(y)
             h_n.append(h)
             c_n.append(c)

@@ -299,3 +299,71 @@ def torch_loop(leaves, bias, w_hr, batch_sizes, reverse):
     if dense:
         y = y.reshape(T, B, -1)
     return y, h, c
+
+
+# -- the stack's eager entry (ops.call_forward) ------------------------------------------------
+
+
+def test_call_forward_is_the_op_bitwise_and_with_its_errors():
+    """The C++ dispatcher entry gives the Python op's outputs bit for bit, its gradients, and its
+    errors (type and message)."""
+    args = op_args(T=5, B=3, I=4, H=6, P=4, packed=True, dtype=torch.float32, requires_grad=True)
+    outs = [lstm_fused.ops.call_forward(*args), fwd_op(*args)]
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+    grads = [torch.autograd.grad(o[0].sum() + o[2].sum(), [args[0], args[1], args[6]]) for o in outs]
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+    bad = list(args)
+    bad[6] = bad[6][:2]  # h0 of the wrong batch
+    errors = []
+    for fn in (lstm_fused.ops.call_forward, fwd_op):
+        with pytest.raises(Exception) as info:
+            fn(*bad)
+        errors.append((type(info.value), str(info.value)))
+    print(errors)
+    assert errors[0] == errors[1]
+
+
+def test_module_eager_calls_take_the_cpp_entry(monkeypatch):
+    """Eager module calls enter the op through lstm_fused._C.forward_unboxed; a __torch_function__
+    mode gets the Python op instead (it sees lstm_fused.forward), and a __torch_dispatch__ mode
+    sees the op on either entry."""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+    real = lstm_fused.ops._forward_unboxed
+    monkeypatch.setattr(lstm_fused.ops, "_forward_unboxed", lambda *a: calls.append(1) or real(*a))
+    m = lstm_fused.LSTM(4, 6, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 4)
+    with torch.inference_mode():
+        y = m(x)[0]
+    assert len(calls) == 4
+
+    class FunctionLog(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    class DispatchLog(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    calls.clear()
+    with torch.inference_mode(), FunctionLog() as flog:
+        y_mode = m(x)[0]
+    assert not calls and flog.seen.count("lstm_fused.forward") == 4, flog.seen
+    assert torch.equal(y, y_mode)
+    with torch.inference_mode(), DispatchLog() as dlog:
+        m(x)
+    assert len(calls) == 4 and dlog.seen.count("lstm_fused.forward.default") == 4, dlog.seen

@@ -410,30 +410,40 @@ inline auto hsum(V v) {
   return fold_lanes<static_cast<int>(sizeof(V) / sizeof(v[0])) / 2>(v)[0];
 }
 
-// s[b] += w . rows[b] over K elements, for NB rows at once, in vector lanes (the part past the
-// last full vector goes to tail[b]); w and rows in any of our dtypes. The caller sums the lanes
-// once after all its products.
-template <int NB, typename V, typename wt_t, typename rt_t, typename acc_t>
-inline void dot_rows(const wt_t* w, const rt_t* const (&rows)[NB], int64_t K, V (&s)[NB], acc_t (&tail)[NB]) {
+// s[r][b] += w_r . rows[b] over K elements, for NW weight rows (w_r = w + r * ldw) and NB rows at
+// once, in vector lanes (the part past the last full vector goes to tail[r][b]); w and rows in
+// any of our dtypes. Each vector loaded feeds NB or NW products. The caller sums the lanes once
+// after all its products.
+template <int NW, int NB, typename V, typename wt_t, typename rt_t, typename acc_t>
+inline void dot_rows(const wt_t* w, int64_t ldw, const rt_t* const (&rows)[NB], int64_t K, V (&s)[NW][NB],
+                     acc_t (&tail)[NW][NB]) {
   constexpr int U = sizeof(V) / sizeof(acc_t);
   const int64_t kfull = K / U * U;
   for (int64_t k = 0; k < kfull; k += U) {
-    const V wv = load_w<V>(w + k);
-    for (int b = 0; b < NB; ++b) s[b] += wv * load_w<V>(rows[b] + k);
+    V rv[NB];
+    for (int b = 0; b < NB; ++b) rv[b] = load_w<V>(rows[b] + k);
+    for (int r = 0; r < NW; ++r) {
+      const V wv = load_w<V>(w + r * ldw + k);
+      for (int b = 0; b < NB; ++b) s[r][b] += wv * rv[b];
+    }
   }
-  for (int b = 0; b < NB; ++b)
-    for (int64_t k = kfull; k < K; ++k) tail[b] += to_acc(w[k]) * to_acc(rows[b][k]);
+  for (int r = 0; r < NW; ++r)
+    for (int b = 0; b < NB; ++b)
+      for (int64_t k = kfull; k < K; ++k) tail[r][b] += to_acc(w[r * ldw + k]) * to_acc(rows[b][k]);
 }
 
 // The small-batch path (NB <= 4 rows): dot products along the rows of W_hh as it lies in memory,
 // so nothing is packed per call (for a few steps at batch 1 the packing would cost more than
 // the steps). With p.x set, the input projection is done here too. One block of U units, all
-// four gates, then the same cell update.
+// four gates, then the same cell update. NW = 4 / NB weight rows at a time, so that at batch 1
+// one load of h feeds four products (the loop is bound by loads: a streaming step reads 384 KB
+// of weights).
 template <int NB, typename scalar_t, typename acc_t>
 inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
                        int64_t row0, int64_t r0, int64_t t, const acc_t* hcur, acc_t* hnext) {
   using V = typename VecOf<acc_t>::type;
   constexpr int U = Tiling<acc_t>::U;
+  constexpr int NW = NB >= 3 ? 1 : 4 / NB;
   const int64_t H = x.H, P = x.P, j0 = blk * U;
   const int nu = static_cast<int>(std::min<int64_t>(U, H - j0));
   const acc_t* hrows[NB];
@@ -445,20 +455,28 @@ inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx
   V pre[NB][4];
   for (int g = 0; g < 4; ++g) {
     acc_t lane[NB][U] = {};
-    for (int u = 0; u < nu; ++u) {
-      const int64_t wrow = g * H + j0 + u;
-      V s[NB] = {};
-      acc_t tail[NB] = {};
-      dot_rows<NB>(p.w_hh + wrow * P, hrows, P, s, tail);
-      if (p.x) {
-        dot_rows<NB>(p.w_ih + wrow * p.I, xrows, p.I, s, tail);  // same lanes: one lane sum per row
-        const acc_t bias = (p.b_ih ? to_acc(p.b_ih[wrow]) : acc_t(0)) + (p.b_hh ? to_acc(p.b_hh[wrow]) : acc_t(0));
-        for (int b = 0; b < NB; ++b) lane[b][u] = hsum(s[b]) + tail[b] + bias;
-      } else {
-        const acc_t bias = p.bias ? p.bias[wrow] : acc_t(0);
-        for (int b = 0; b < NB; ++b) lane[b][u] = hsum(s[b]) + tail[b] + (p.gates[(row0 + r0 + b) * x.G + wrow] + bias);
+    const auto units = [&](auto nw, int u0) {
+      constexpr int W = decltype(nw)::value;
+      const int64_t wrow = g * H + j0 + u0;
+      V s[W][NB] = {};
+      acc_t tail[W][NB] = {};
+      dot_rows<W, NB>(p.w_hh + wrow * P, P, hrows, P, s, tail);
+      if (p.x) dot_rows<W, NB>(p.w_ih + wrow * p.I, p.I, xrows, p.I, s, tail);  // same lanes: one sum per row
+      for (int r = 0; r < W; ++r) {
+        acc_t add[NB];
+        if (p.x) {
+          const acc_t bias = (p.b_ih ? to_acc(p.b_ih[wrow + r]) : acc_t(0)) + (p.b_hh ? to_acc(p.b_hh[wrow + r]) : acc_t(0));
+          for (int b = 0; b < NB; ++b) add[b] = bias;
+        } else {
+          const acc_t bias = p.bias ? p.bias[wrow + r] : acc_t(0);
+          for (int b = 0; b < NB; ++b) add[b] = p.gates[(row0 + r0 + b) * x.G + wrow + r] + bias;
+        }
+        for (int b = 0; b < NB; ++b) lane[b][u0 + r] = hsum(s[r][b]) + tail[r][b] + add[b];
       }
-    }
+    };
+    int u = 0;
+    for (; u + NW <= nu; u += NW) units(std::integral_constant<int, NW>{}, u);
+    for (; u < nu; ++u) units(std::integral_constant<int, 1>{}, u);
     for (int b = 0; b < NB; ++b) pre[b][g] = loadu<V>(lane[b]);
   }
   for (int b = 0; b < NB; ++b) cell_update(p, x, pre[b], r0 + b, row0 + r0 + b, j0, nu, t, hnext);
