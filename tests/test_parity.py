@@ -134,6 +134,10 @@ LARGER = [
            dtype=torch.float64),
     Config(T=10, B=1, I=24, H=128, proj_size=40, dtype=torch.float32),  # small-batch (GEMV) path
     Config(T=10, B=2, I=24, H=100, bidirectional=True, dtype=torch.float64),
+    # The backward's dh product in panels of W_hh rows (csrc/kernels/cpu/lstm_cpu_impl.h,
+    # kBwdPanelBytes): 2 panels of 400 and 240 rows, then 3 of 416, 416 and 368.
+    Config(T=5, B=6, I=8, H=160, bidirectional=True, dtype=torch.float64),
+    Config(T=4, B=5, I=8, H=300, input_kind="packed_unsorted", dtype=torch.float32),
 ]
 
 

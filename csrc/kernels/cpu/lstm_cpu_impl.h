@@ -673,6 +673,8 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   });
 }
 
+constexpr int64_t kBwdPanelBytes = int64_t{512} << 10;
+
 template <typename scalar_t, typename acc_t>
 void backward(const BackwardParams<scalar_t, acc_t>& p) {
   using Tl = Tiling<acc_t>;
@@ -698,6 +700,10 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
   for (int64_t i = 0; i < B * H; ++i) dc[i] = to_acc(p.grad_cn[i]);
 
   const int64_t nblk = Hp / U;
+  // Rows of W_hh per panel of the dh product: about kBwdPanelBytes of W_hh (all columns), at
+  // least 64 rows; one panel (the whole product) up to H = 128. From the sizes alone, not the
+  // thread count, so that results do not depend on it.
+  const int64_t kc = std::max<int64_t>(64, kBwdPanelBytes / static_cast<int64_t>(Pp * sizeof(acc_t)) / 16 * 16);
   const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(std::max(nblk, Pp / U))));
   SpinBarrier bar;
   run_team(nt_req, bar, [&](int tid, int nt) {
@@ -760,26 +766,36 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
         for (int64_t c = p_begin; c < p_end; ++c)
           p.h_prev[row * P + c] = tp >= 0 ? to_acc(p.y[(steps.off[tp] + b) * P + c]) : to_acc(p.h0[b * P + c]);
       }
-      for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-        const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
-        const acc_t* arows[MR];
-        for (int r = 0; r < MR; ++r) arows[r] = p.dgates + (row0 + r0 + std::min(r, mr - 1)) * G;
-        // Four column blocks per register tile where there are four (4 loads feed 16 FMAs), then
-        // one at a time.
-        int64_t pb = pb0;
-        for (; pb + 4 <= pb1; pb += 4) {
-          V acc[MR][4] = {};
-          mac_tile<MR, 4>(G, arows, wh.data() + pb * U, Pp, acc);
-          for (int v = 0; v < 4; ++v) {
-            const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
-            for (int r = 0; r < mr; ++r) store_n(dh.data() + (r0 + r) * P + (pb + v) * U, acc[r][v], nc);
-          }
-        }
-        for (; pb < pb1; ++pb) {
-          V acc[MR][1] = {};
-          mac_tile<MR, 1>(G, arows, wh.data() + pb * U, Pp, acc);
-          const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
-          for (int r = 0; r < mr; ++r) store_n(dh.data() + (r0 + r) * P + pb * U, acc[r][0], nc);
+      // In panels of kc rows of W_hh (all row tiles per panel, partial sums kept in dh), so that
+      // this thread's columns of a panel stay in L2 while every row tile passes: whole, they are
+      // 8 MB at H = 1024 and came from L3 once per row tile.
+      for (int64_t k0 = 0; k0 < G; k0 += kc) {
+        const int64_t kn = std::min(kc, G - k0);
+        for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+          const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
+          const acc_t* arows[MR];
+          for (int r = 0; r < MR; ++r) arows[r] = p.dgates + (row0 + r0 + std::min(r, mr - 1)) * G + k0;
+          // Four column blocks per register tile where there are four (4 loads feed 16 FMAs),
+          // then one at a time.
+          const auto columns = [&](auto nv, int64_t pb) {
+            constexpr int NV = decltype(nv)::value;
+            V acc[MR][NV];  // set lane by lane: a zero-initialized array became a rep stos to the stack
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) {
+              const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
+#pragma GCC unroll 4
+              for (int r = 0; r < MR; ++r)
+                acc[r][v] = k0 > 0 && r < mr ? load_n<V>(dh.data() + (r0 + r) * P + (pb + v) * U, nc) : V{};
+            }
+            mac_tile<MR, NV>(kn, arows, wh.data() + k0 * Pp + pb * U, Pp, acc);
+            for (int v = 0; v < NV; ++v) {
+              const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
+              for (int r = 0; r < mr; ++r) store_n(dh.data() + (r0 + r) * P + (pb + v) * U, acc[r][v], nc);
+            }
+          };
+          int64_t pb = pb0;
+          for (; pb + 4 <= pb1; pb += 4) columns(std::integral_constant<int, 4>{}, pb);
+          for (; pb < pb1; ++pb) columns(std::integral_constant<int, 1>{}, pb);
         }
       }
         bar.wait();
