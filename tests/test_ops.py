@@ -341,29 +341,23 @@ def test_module_eager_calls_take_the_cpp_entry(monkeypatch):
         y = m(x)[0]
     assert len(calls) == 4
 
-    class FunctionLog(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
+    def recording(base, hook):
+        """A mode of class base whose hook (__torch_function__ or __torch_dispatch__) records ops."""
+        seen = []
 
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.seen.append(str(func))
+        def record(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
             return func(*args, **(kwargs or {}))
 
-    class DispatchLog(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.append(str(func))
-            return func(*args, **(kwargs or {}))
+        return type("Recording", (base,), {hook: record})(), seen
 
     calls.clear()
-    with torch.inference_mode(), FunctionLog() as flog:
+    mode, seen = recording(TorchFunctionMode, "__torch_function__")
+    with torch.inference_mode(), mode:
         y_mode = m(x)[0]
-    assert not calls and flog.seen.count("lstm_fused.forward") == 4, flog.seen
+    assert not calls and seen.count("lstm_fused.forward") == 4, seen
     assert torch.equal(y, y_mode)
-    with torch.inference_mode(), DispatchLog() as dlog:
+    mode, seen = recording(TorchDispatchMode, "__torch_dispatch__")
+    with torch.inference_mode(), mode:
         m(x)
-    assert len(calls) == 4 and dlog.seen.count("lstm_fused.forward.default") == 4, dlog.seen
+    assert len(calls) == 4 and seen.count("lstm_fused.forward.default") == 4, seen

@@ -226,6 +226,17 @@ inline void mac_tile(int64_t K, const acc_t* const (&a)[MR], const acc_t* b, int
   }
 }
 
+// f(std::integral_constant<int, m>{}) for a run-time m in 1..M: register tiles of exactly the rows
+// there are (a short tile that repeated its last row did up to 4x the work: the whole backward
+// product at batch 1).
+template <int M, typename F>
+inline void with_rows(int m, F&& f) {
+  if constexpr (M > 1) {
+    if (m < M) return with_rows<M - 1>(m, f);
+  }
+  f(std::integral_constant<int, M>{});
+}
+
 // The barrier between steps. libgomp's costs microseconds on a small machine (it wakes waiters
 // through the kernel); this one spins on one cache line, which is what a step of a few
 // microseconds needs. OpenMP guarantees the team's threads run at once, so spinning cannot
@@ -650,20 +661,22 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
         // h_t = W_hr (o * tanh(c)): every thread needs all units, so wait for them first.
         bar.wait();
         for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-          const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
-          const acc_t* arows[MR];
-          for (int r = 0; r < MR; ++r) arows[r] = hpre.data() + (r0 + std::min(r, mr - 1)) * Hp;
-          for (int64_t pb = pb0; pb < pb1; ++pb) {
-            V acc[MR][1] = {};
-            mac_tile<MR, 1>(H, arows, wr.data() + pb * U, Pp, acc);
-            const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
-            for (int r = 0; r < mr; ++r) {
-              const int64_t b = r0 + r, row = row0 + b;
-              store_n(hnext + b * P + pb * U, acc[r][0], nc);
-              store_n(p.y + row * P + pb * U, acc[r][0], nc);
-              if (steps.last(t, b, p.reverse)) store_n(p.h_n + b * P + pb * U, acc[r][0], nc);
+          with_rows<MR>(static_cast<int>(std::min<int64_t>(MR, rows - r0)), [&](auto m) {
+            constexpr int M = decltype(m)::value;
+            const acc_t* arows[M];
+            for (int r = 0; r < M; ++r) arows[r] = hpre.data() + (r0 + r) * Hp;
+            for (int64_t pb = pb0; pb < pb1; ++pb) {
+              V acc[M][1] = {};
+              mac_tile<M, 1>(H, arows, wr.data() + pb * U, Pp, acc);
+              const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
+              for (int r = 0; r < M; ++r) {
+                const int64_t b = r0 + r, row = row0 + b;
+                store_n(hnext + b * P + pb * U, acc[r][0], nc);
+                store_n(p.y + row * P + pb * U, acc[r][0], nc);
+                if (steps.last(t, b, p.reverse)) store_n(p.h_n + b * P + pb * U, acc[r][0], nc);
+              }
             }
-          }
+          });
         }
       }
       // Rows idle at this step need no copy across the buffers: with the forward direction they
@@ -725,14 +738,16 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
           }
         bar.wait();
         for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-          const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
-          const acc_t* arows[MR];
-          for (int r = 0; r < MR; ++r) arows[r] = dht.data() + (r0 + std::min(r, mr - 1)) * P;
-          for (int64_t blk = ub0; blk < ub1; ++blk) {
-            V acc[MR][1] = {};
-            mac_tile<MR, 1>(P, arows, wr.data() + blk * U, Hp, acc);
-            for (int r = 0; r < mr; ++r) storeu(dhp.data() + (r0 + r) * Hp + blk * U, acc[r][0]);
-          }
+          with_rows<MR>(static_cast<int>(std::min<int64_t>(MR, rows - r0)), [&](auto m) {
+            constexpr int M = decltype(m)::value;
+            const acc_t* arows[M];
+            for (int r = 0; r < M; ++r) arows[r] = dht.data() + (r0 + r) * P;
+            for (int64_t blk = ub0; blk < ub1; ++blk) {
+              V acc[M][1] = {};
+              mac_tile<M, 1>(P, arows, wr.data() + blk * U, Hp, acc);
+              for (int r = 0; r < M; ++r) storeu(dhp.data() + (r0 + r) * Hp + blk * U, acc[r][0]);
+            }
+          });
         }
       }
       // The cell backward of this thread's units.
@@ -772,30 +787,32 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
       for (int64_t k0 = 0; k0 < G; k0 += kc) {
         const int64_t kn = std::min(kc, G - k0);
         for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-          const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
-          const acc_t* arows[MR];
-          for (int r = 0; r < MR; ++r) arows[r] = p.dgates + (row0 + r0 + std::min(r, mr - 1)) * G + k0;
-          // Four column blocks per register tile where there are four (4 loads feed 16 FMAs),
-          // then one at a time.
-          const auto columns = [&](auto nv, int64_t pb) {
-            constexpr int NV = decltype(nv)::value;
-            V acc[MR][NV];  // set lane by lane: a zero-initialized array became a rep stos to the stack
+          with_rows<MR>(static_cast<int>(std::min<int64_t>(MR, rows - r0)), [&](auto m) {
+            constexpr int M = decltype(m)::value;
+            const acc_t* arows[M];
+            for (int r = 0; r < M; ++r) arows[r] = p.dgates + (row0 + r0 + r) * G + k0;
+            // Four column blocks per register tile where there are four (4 loads feed up to 16
+            // FMAs), then one at a time.
+            const auto columns = [&](auto nv, int64_t pb) {
+              constexpr int NV = decltype(nv)::value;
+              V acc[M][NV];  // set lane by lane: a zero-initialized array became a rep stos
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) {
-              const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
+              for (int v = 0; v < NV; ++v) {
+                const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
 #pragma GCC unroll 4
-              for (int r = 0; r < MR; ++r)
-                acc[r][v] = k0 > 0 && r < mr ? load_n<V>(dh.data() + (r0 + r) * P + (pb + v) * U, nc) : V{};
-            }
-            mac_tile<MR, NV>(kn, arows, wh.data() + k0 * Pp + pb * U, Pp, acc);
-            for (int v = 0; v < NV; ++v) {
-              const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
-              for (int r = 0; r < mr; ++r) store_n(dh.data() + (r0 + r) * P + (pb + v) * U, acc[r][v], nc);
-            }
-          };
-          int64_t pb = pb0;
-          for (; pb + 4 <= pb1; pb += 4) columns(std::integral_constant<int, 4>{}, pb);
-          for (; pb < pb1; ++pb) columns(std::integral_constant<int, 1>{}, pb);
+                for (int r = 0; r < M; ++r)
+                  acc[r][v] = k0 > 0 ? load_n<V>(dh.data() + (r0 + r) * P + (pb + v) * U, nc) : V{};
+              }
+              mac_tile<M, NV>(kn, arows, wh.data() + k0 * Pp + pb * U, Pp, acc);
+              for (int v = 0; v < NV; ++v) {
+                const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
+                for (int r = 0; r < M; ++r) store_n(dh.data() + (r0 + r) * P + (pb + v) * U, acc[r][v], nc);
+              }
+            };
+            int64_t pb = pb0;
+            for (; pb + 4 <= pb1; pb += 4) columns(std::integral_constant<int, 4>{}, pb);
+            for (; pb < pb1; ++pb) columns(std::integral_constant<int, 1>{}, pb);
+          });
         }
       }
         bar.wait();
