@@ -138,6 +138,10 @@ LARGER = [
     # kBwdPanelBytes): 2 panels of 400 and 240 rows, then 3 of 416, 416 and 368.
     Config(T=5, B=6, I=8, H=160, bidirectional=True, dtype=torch.float64),
     Config(T=4, B=5, I=8, H=300, input_kind="packed_unsorted", dtype=torch.float32),
+    # One step of more than 32 rows: the recurrent product as a GEMM in the adapter
+    # (csrc/ops/lstm_cpu.cpp, step_gemm), the kernel skipping it.
+    Config(T=1, B=40, I=16, H=48, num_layers=2, bidirectional=True, proj_size=24, dtype=torch.float64),
+    Config(T=1, B=36, I=8, H=40, input_kind="packed_unsorted", dtype=torch.float32),
 ]
 
 

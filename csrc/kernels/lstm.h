@@ -46,6 +46,9 @@ struct ForwardParams {
   // bf16 inference on CPUs with AVX512-BF16 (see cpu::bf16_tiles_used): the input projection as
   // the GEMM left it, [N, 4H] in bf16, read in place of gates (then nullptr; save is false).
   const scalar_t* gates_lp = nullptr;
+  // CPU only, T == 1: gates already hold h0 W_hh^T too (the adapter ran it as a GEMM), so the
+  // kernel neither packs W_hh nor multiplies by it.
+  bool recurrent_in_gates = false;
   const scalar_t* w_hh = nullptr;  // [4H, P] read
   const scalar_t* w_hr = nullptr;  // [P, H] read, or nullptr when P == H without projection
   const scalar_t* h0 = nullptr;    // [B, P] read

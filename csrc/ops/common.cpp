@@ -117,10 +117,12 @@ at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih, const L
                             at::ScalarType acc) {
   // Half types: the GEMM runs in the input dtype (fp32 accumulation inside the BLAS, twice the
   // fp32 rate where the CPU has bf16 dot products), its output widened to acc.
-  const at::Tensor x2 = x.reshape({s.N, s.I});
-  at::Tensor g = s.N > 0 ? onednn_matmul_nt(x2, w_ih) : at::Tensor();
-  if (!g.defined()) g = at::mm(x2, w_ih.t());
-  return g.to(acc);
+  return matmul_nt(x.reshape({s.N, s.I}), w_ih).to(acc);
+}
+
+at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& w) {
+  at::Tensor r = a.size(0) > 0 ? onednn_matmul_nt(a, w) : at::Tensor();
+  return r.defined() ? r : at::mm(a, w.t());
 }
 
 at::Tensor combined_bias(const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,

@@ -38,6 +38,9 @@ void check_backward_args(const at::Tensor& grad_y, const at::Tensor& grad_hn,
 // x.shape[:-1] + [P]
 std::vector<int64_t> output_sizes(const at::Tensor& x, int64_t P);
 
+// a [N, K] times w [M, K]^T: oneDNN's matmul where torch has it for the dtype, else at::mm.
+at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& w);
+
 // [N, 4H] in acc dtype: x W_ih^T, one GEMM over every row (the kernels add the biases).
 at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih, const LayerShape& s,
                             at::ScalarType acc);

@@ -62,8 +62,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   const bool chunked = !save && !fuse_input && !batch_sizes && s.T > 1 &&
                        s.T * step_gate_bytes > 4 * kChunkGateBytes &&
                        4 * s.H * s.P * at::elementSize(acc) <= kChunkGateBytes / 8;
+  // One step of a batch too large for the kernel's in-place path: its recurrent product is one
+  // more GEMM added to the gates, so W_hh is not packed for a single use (16 MB at H = 1024).
+  const bool step_gemm = s.T == 1 && !fuse_input && x.scalar_type() == acc && !cpu::small_batch_path(s.T, s.B);
   at::Tensor gates = (fuse_input || chunked) ? at::empty({0}, x.options().dtype(acc))
                                              : input_projection(x, w_ih, s, gates_dtype);
+  if (step_gemm && s.N > 0) gates.add_(matmul_nt(h0.narrow(0, 0, s.N), w_hh));
   const at::Tensor bias = fuse_input ? at::Tensor() : combined_bias(b_ih, b_hh, acc);
   const at::Tensor xc = fuse_input ? x.contiguous() : at::Tensor(), wihc = fuse_input ? w_ih.contiguous() : at::Tensor();
   const at::Tensor bihc = fuse_input && b_ih ? b_ih->contiguous() : at::Tensor();
@@ -87,6 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
     p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
     p.reverse = reverse;
     p.num_threads = threads_for(s.T, s.B, s.H, s.P);
+    p.recurrent_in_gates = step_gemm;
     if (gates_lp) {
       p.gates_lp = kptr<scalar_t>(gates);
     } else if (!fuse_input) {

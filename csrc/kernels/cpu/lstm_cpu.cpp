@@ -49,6 +49,8 @@ const char* isa_name() {
   }
 }
 
+bool small_batch_path(int64_t T, int64_t B) { return avx512::small_batch_path(T, B); }  // same rule in every copy
+
 bool bf16_tiles_used(int64_t T, int64_t B, bool proj) {
   return isa() == Isa::kAvx512 && avx512::cpu_has_bf16_dot() && !proj && !avx512::small_batch_path(T, B);
 }

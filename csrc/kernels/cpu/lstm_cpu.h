@@ -27,6 +27,10 @@ void lstm_backward(const BackwardParams<scalar_t, acc_t>& params);
 // ForwardParams::gates_lp when it is set).
 bool bf16_tiles_used(int64_t T, int64_t B, bool proj);
 
+// Whether lstm_forward reads W_hh in place for these sizes (small batches over few steps, one
+// step of up to 32 rows) rather than packing it.
+bool small_batch_path(int64_t T, int64_t B);
+
 // "avx512", "avx2" or "baseline": the code path lstm_forward/lstm_backward take on this CPU.
 const char* isa_name();
 

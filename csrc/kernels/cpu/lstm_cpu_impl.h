@@ -376,7 +376,7 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
     const acc_t* xn = xg + MR * x.G;
     for (int g = 0; g < 4; ++g) __builtin_prefetch(xn + g * x.H);
   }
-  mac_tile<MR, 4>(x.P, arows, x.wp + blk * x.P * 4 * U, 4 * U, acc);
+  if (!p.recurrent_in_gates) mac_tile<MR, 4>(x.P, arows, x.wp + blk * x.P * 4 * U, 4 * U, acc);
   for (int r = 0; r < MR; ++r) cell_update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hnext);
 }
 
@@ -564,10 +564,11 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   constexpr bool dot = false;
 #endif
   const bool fp_tiles = !gemv && !dot;
-  std::vector<acc_t> wp(fp_tiles ? P * 4 * Hp : 0, acc_t(0));
+  const bool pack = fp_tiles && !p.recurrent_in_gates;
+  std::vector<acc_t> wp(pack ? P * 4 * Hp : 0, acc_t(0));
   // A blocked transpose: for each k, the U units of a block are one cache line of wp while their
   // U rows of W_hh are read in step.
-  for (int64_t g = 0; g < (fp_tiles ? 4 : 0); ++g)
+  for (int64_t g = 0; g < (pack ? 4 : 0); ++g)
     for (int64_t j0 = 0; j0 < H; j0 += U) {
       const int nu = static_cast<int>(std::min<int64_t>(U, H - j0));
       const scalar_t* w = p.w_hh + (g * H + j0) * P;
@@ -698,10 +699,19 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
   const bool proj = p.w_hr != nullptr;
   const Steps steps(p.batch_sizes, T, B);
 
-  // W_hh as it is ([4H, P]), columns padded to Pp: dh_{t-1} = dgates_t W_hh.
-  std::vector<acc_t> wh(G * Pp, acc_t(0));
-  for (int64_t k = 0; k < G; ++k)
-    for (int64_t c = 0; c < P; ++c) wh[k * Pp + c] = to_acc(p.w_hh[k * P + c]);
+  // W_hh as it is ([4H, P]), columns padded to Pp: dh_{t-1} = dgates_t W_hh. Read in place when
+  // it is already in acc_t with no padding (a copy of 16 MB at H = 1024 is most of a short
+  // sequence's backward).
+  const acc_t* whp = nullptr;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (P == Pp) whp = p.w_hh;
+  }
+  std::vector<acc_t> wh(whp ? 0 : G * Pp, acc_t(0));
+  if (!whp) {
+    for (int64_t k = 0; k < G; ++k)
+      for (int64_t c = 0; c < P; ++c) wh[k * Pp + c] = to_acc(p.w_hh[k * P + c]);
+    whp = wh.data();
+  }
   // W_hr as it is ([P, H]), padded to Hp: d(o*tanh(c)) = dh W_hr.
   std::vector<acc_t> wr(proj ? P * Hp : 0, acc_t(0));
   if (proj)
@@ -803,7 +813,7 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
                 for (int r = 0; r < M; ++r)
                   acc[r][v] = k0 > 0 ? load_n<V>(dh.data() + (r0 + r) * P + (pb + v) * U, nc) : V{};
               }
-              mac_tile<M, NV>(kn, arows, wh.data() + k0 * Pp + pb * U, Pp, acc);
+              mac_tile<M, NV>(kn, arows, whp + k0 * Pp + pb * U, Pp, acc);
               for (int v = 0; v < NV; ++v) {
                 const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
                 for (int r = 0; r < M; ++r) store_n(dh.data() + (r0 + r) * P + (pb + v) * U, acc[r][v], nc);
