@@ -447,8 +447,8 @@ inline void dot_rows(const wt_t* w, int64_t ldw, const rt_t* const (&rows)[NB], 
 // so nothing is packed per call (for a few steps at batch 1 the packing would cost more than
 // the steps). With p.x set, the input projection is done here too. One block of U units, all
 // four gates, then the same cell update. NW = 4 / NB weight rows at a time, so that at batch 1
-// one load of h feeds four products (the loop is bound by loads: a streaming step reads 384 KB
-// of weights).
+// one load of h feeds four products (half the loads; a streaming step is still bound by reading
+// its 384 KB of weights from L2).
 template <int NB, typename scalar_t, typename acc_t>
 inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
                        int64_t row0, int64_t r0, int64_t t, const acc_t* hcur, acc_t* hnext) {
@@ -625,13 +625,9 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
       // every row tile streams past it, so W_hh is read once per step.
       for (int64_t blk = ub0; blk < ub1 && gemv; ++blk) {
         for (int64_t r0 = 0; r0 < rows; r0 += kGemvRows) {
-          switch (std::min<int64_t>(kGemvRows, rows - r0)) {
-            case 1: gemv_block<1>(p, ctx, blk, row0, r0, t, hcur, hnext); break;
-            case 2: gemv_block<2>(p, ctx, blk, row0, r0, t, hcur, hnext); break;
-            case 3: gemv_block<3>(p, ctx, blk, row0, r0, t, hcur, hnext); break;
-            case 4: gemv_block<4>(p, ctx, blk, row0, r0, t, hcur, hnext); break;
-            default: break;
-          }
+          with_rows<kGemvRows>(static_cast<int>(std::min<int64_t>(kGemvRows, rows - r0)), [&](auto m) {
+            gemv_block<decltype(m)::value>(p, ctx, blk, row0, r0, t, hcur, hnext);
+          });
         }
       }
 #ifdef LSTM_BF16_DOT
@@ -639,25 +635,17 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
         const uint32_t* hbcur = reinterpret_cast<const uint32_t*>(hb.data() + (s & 1) * B * 2 * P2);
         uint16_t* hbnext = hb.data() + ((s + 1) & 1) * B * 2 * P2;
         for (int64_t blk = ub0; blk < ub1 && dot; ++blk)
-          for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-            const int64_t mr = std::min<int64_t>(MR, rows - r0);
-            if (mr == 4) gate_tile_bf16<4>(p, ctx, wpb.data(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
-            else if (mr == 3) gate_tile_bf16<3>(p, ctx, wpb.data(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
-            else if (mr == 2) gate_tile_bf16<2>(p, ctx, wpb.data(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
-            else gate_tile_bf16<1>(p, ctx, wpb.data(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
-          }
+          for (int64_t r0 = 0; r0 < rows; r0 += MR)
+            with_rows<MR>(static_cast<int>(std::min<int64_t>(MR, rows - r0)), [&](auto m) {
+              gate_tile_bf16<decltype(m)::value>(p, ctx, wpb.data(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
+            });
       }
 #endif
       for (int64_t blk = ub0; blk < ub1 && !gemv && !dot; ++blk)
-        for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-          const int mr = static_cast<int>(std::min<int64_t>(MR, rows - r0));
-          switch (mr) {
-            case 1: gate_tile<1>(p, ctx, blk, r0, row0, t, hcur, hnext); break;
-            case 2: gate_tile<2>(p, ctx, blk, r0, row0, t, hcur, hnext); break;
-            case 3: gate_tile<3>(p, ctx, blk, r0, row0, t, hcur, hnext); break;
-            default: gate_tile<MR>(p, ctx, blk, r0, row0, t, hcur, hnext); break;
-          }
-        }
+        for (int64_t r0 = 0; r0 < rows; r0 += MR)
+          with_rows<MR>(static_cast<int>(std::min<int64_t>(MR, rows - r0)), [&](auto m) {
+            gate_tile<decltype(m)::value>(p, ctx, blk, r0, row0, t, hcur, hnext);
+          });
       if (proj) {
         // h_t = W_hr (o * tanh(c)): every thread needs all units, so wait for them first.
         bar.wait();
