@@ -158,6 +158,19 @@ struct Tiling {
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// n uninitialized elements on a cache-line boundary: malloc puts a large block 16 bytes past a
+// page boundary, where every vector load of a packed weight straddled two lines; and a
+// zero-filled std::vector cost the caller a serial memset of the whole buffer.
+template <typename T>
+using Buffer = std::unique_ptr<T[], void (*)(void*)>;
+template <typename T>
+Buffer<T> aligned_buffer(int64_t n) {
+  if (n == 0) return Buffer<T>(nullptr, std::free);
+  void* ptr = std::aligned_alloc(64, static_cast<size_t>(round_up(n * static_cast<int64_t>(sizeof(T)), 64)));
+  if (!ptr) throw std::bad_alloc();
+  return Buffer<T>(static_cast<T*>(ptr), std::free);
+}
+
 // Splits [0, n) into nt nearly equal contiguous parts and returns part tid as [*begin, *end).
 inline void split_range(int64_t n, int tid, int nt, int64_t* begin, int64_t* end) {
   *begin = n * tid / nt;
@@ -541,6 +554,58 @@ __attribute__((target("avx512bf16"))) void gate_tile_bf16(
 }
 #endif
 
+// W_hh^T for unit blocks [b0, b1), the four gates of a block of U units side by side:
+// wp[blk][k][gate][u] (lanes past H zero), so that a block's k loop streams through contiguous
+// memory. For each k the U units of a block are one cache line while their U rows of W_hh are
+// read in step.
+template <typename scalar_t, typename acc_t>
+void pack_w_hh(const scalar_t* w_hh, int64_t H, int64_t P, int64_t b0, int64_t b1, acc_t* wp) {
+  constexpr int U = Tiling<acc_t>::U, NR = Tiling<acc_t>::NR;
+  for (int64_t blk = b0; blk < b1; ++blk) {
+    const int nu = static_cast<int>(std::min<int64_t>(U, H - blk * U));
+    for (int g = 0; g < 4; ++g) {
+      const scalar_t* w = w_hh + (g * H + blk * U) * P;
+      acc_t* out = wp + blk * P * NR + g * U;
+      for (int64_t k = 0; k < P; ++k) {
+        for (int u = 0; u < nu; ++u) out[k * NR + u] = to_acc(w[u * P + k]);
+        for (int u = nu; u < U; ++u) out[k * NR + u] = acc_t(0);
+      }
+    }
+  }
+}
+
+// W_hr^T for output columns [c0, c1): wr[k][c] = w_hr[c][k], k < H, row stride Pp = the padded
+// P (columns past P zero).
+template <typename scalar_t, typename acc_t>
+void pack_w_hr(const scalar_t* w_hr, int64_t H, int64_t P, int64_t c0, int64_t c1, acc_t* wr) {
+  const int64_t Pp = round_up(P, Tiling<acc_t>::U);
+  for (int64_t k = 0; k < H; ++k)
+    for (int64_t c = c0; c < c1; ++c) wr[k * Pp + c] = c < P ? to_acc(w_hr[c * H + k]) : acc_t(0);
+}
+
+#ifdef LSTM_BF16_DOT
+// W_hh^T for unit blocks [b0, b1) in bf16 pairs along k for vdpbf16ps:
+// wpb[blk][k/2][gate][u] holds (W[k][u], W[k+1][u]); padding (units past H, k = P when P is odd)
+// is zero.
+inline void pack_w_hh_bf16(const bf16_t* w_hh, int64_t H, int64_t P, int64_t b0, int64_t b1, uint32_t* wpb) {
+  constexpr int U = 16, NR = 4 * U;
+  const int64_t P2 = (P + 1) / 2;
+  for (int64_t blk = b0; blk < b1; ++blk) {
+    const int nu = static_cast<int>(std::min<int64_t>(U, H - blk * U));
+    for (int g = 0; g < 4; ++g) {
+      const bf16_t* w = w_hh + (g * H + blk * U) * P;
+      uint32_t* out = wpb + blk * P2 * NR + g * U;
+      for (int64_t k2 = 0; k2 < P2; ++k2)
+        for (int u = 0; u < U; ++u) {
+          const uint32_t lo = u < nu ? w[u * P + 2 * k2].bits : 0u;
+          const uint32_t hi = u < nu && 2 * k2 + 1 < P ? w[u * P + 2 * k2 + 1].bits : 0u;
+          out[k2 * NR + u] = lo | (hi << 16);
+        }
+    }
+  }
+}
+#endif
+
 template <typename scalar_t, typename acc_t>
 void forward(const ForwardParams<scalar_t, acc_t>& p) {
   using Tl = Tiling<acc_t>;
@@ -552,9 +617,8 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   const bool proj = p.w_hr != nullptr;
   const Steps steps(p.batch_sizes, T, B);
 
-  // W_hh^T block by block, the four gates of each block of U units side by side:
-  // wp[blk][k][gate][u], so that a block's k loop streams through contiguous memory (not for the
-  // small-batch path, which reads W_hh in place).
+  // The small-batch path reads W_hh in place; the tiles read it packed (pack_w_hh), the
+  // AVX512-BF16 tiles in bf16 pairs (pack_w_hh_bf16).
   const bool gemv = p.x != nullptr || small_batch_path(T, B);
 #ifdef LSTM_BF16_DOT
   // The AVX512-BF16 path (see gate_tile_bf16): bf16 weights and h; no projection.
@@ -565,40 +629,15 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
 #endif
   const bool fp_tiles = !gemv && !dot;
   const bool pack = fp_tiles && !p.recurrent_in_gates;
-  std::vector<acc_t> wp(pack ? P * 4 * Hp : 0, acc_t(0));
-  // A blocked transpose: for each k, the U units of a block are one cache line of wp while their
-  // U rows of W_hh are read in step.
-  for (int64_t g = 0; g < (pack ? 4 : 0); ++g)
-    for (int64_t j0 = 0; j0 < H; j0 += U) {
-      const int nu = static_cast<int>(std::min<int64_t>(U, H - j0));
-      const scalar_t* w = p.w_hh + (g * H + j0) * P;
-      acc_t* out = wp.data() + (j0 / U) * P * NR + g * U;
-      for (int64_t k = 0; k < P; ++k)
-        for (int u = 0; u < nu; ++u) out[k * NR + u] = to_acc(w[u * P + k]);
-    }
-  // W_hr^T: wr[k][c] = w_hr[c][k], k < H, c < P (padded to Pp).
-  std::vector<acc_t> wr(proj ? H * Pp : 0, acc_t(0));
-  if (proj)
-    for (int64_t k = 0; k < H; ++k)
-      for (int64_t c = 0; c < P; ++c) wr[k * Pp + c] = to_acc(p.w_hr[c * H + k]);
-
+  Buffer<acc_t> wp = aligned_buffer<acc_t>(pack ? P * 4 * Hp : 0);
+  Buffer<acc_t> wr = aligned_buffer<acc_t>(proj ? H * Pp : 0);
   const int64_t P2 = (P + 1) / 2;
-  std::vector<uint32_t> wpb(dot ? nblk * P2 * NR : 0, 0);
+  Buffer<uint32_t> wpb = aligned_buffer<uint32_t>(dot ? nblk * P2 * NR : 0);
   std::vector<uint16_t> hb(dot ? 2 * B * 2 * P2 : 0, 0);
   if constexpr (std::is_same_v<scalar_t, bf16_t>) {
-    if (dot) {
-      uint16_t* w16 = reinterpret_cast<uint16_t*>(wpb.data());
-      for (int64_t g = 0; g < 4; ++g)
-        for (int64_t j = 0; j < H; ++j) {
-          const bf16_t* w = p.w_hh + (g * H + j) * P;
-          uint16_t* out = w16 + ((j / U) * P2 * NR + g * U + j % U) * 2;
-          for (int64_t k = 0; k < P; ++k) out[(k / 2) * NR * 2 + (k & 1)] = w[k].bits;
-        }
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t k = 0; k < P; ++k) hb[b * 2 * P2 + k] = hb[(B + b) * 2 * P2 + k] = p.h0[b * P + k].bits;
-    }
+    for (int64_t b = 0; b < (dot ? B : 0); ++b)
+      for (int64_t k = 0; k < P; ++k) hb[b * 2 * P2 + k] = hb[(B + b) * 2 * P2 + k] = p.h0[b * P + k].bits;
   }
-
   // h is double-buffered (every thread reads all of h_{t-1} while writing its part of h_t);
   // rows not yet started keep h0 in both buffers. c belongs to the thread owning the unit.
   std::vector<acc_t> hbuf(2 * B * P), cst(B * Hp, acc_t(0)), hpre(proj ? B * Hp : 0, acc_t(0));
@@ -609,13 +648,22 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   for (int64_t i = first_rows * P; i < B * P; ++i) p.h_n[i] = p.h0[i];
   for (int64_t i = first_rows * H; i < B * H; ++i) p.c_n[i] = p.c0[i];
 
-  const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp.data(), cst.data(), hpre.data()};
+  const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp.get(), cst.data(), hpre.data()};
   const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(nblk)));
   SpinBarrier bar;
   run_team(nt_req, bar, [&](int tid, int nt) {
     int64_t ub0, ub1, pb0, pb1;
     split_range(nblk, tid, nt, &ub0, &ub1);
     split_range(Pp / U, tid, nt, &pb0, &pb1);
+    // Each thread packs the weights only it reads (its unit blocks, its projection columns): in
+    // parallel, into its own cache, and with no barrier before the first step.
+    if (pack) pack_w_hh(p.w_hh, H, P, ub0, ub1, wp.get());
+    if (proj) pack_w_hr(p.w_hr, H, P, pb0 * U, pb1 * U, wr.get());
+#ifdef LSTM_BF16_DOT
+    if constexpr (std::is_same_v<scalar_t, bf16_t>) {
+      if (dot) pack_w_hh_bf16(p.w_hh, H, P, ub0, ub1, wpb.get());
+    }
+#endif
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = p.reverse ? T - 1 - s : s;
       const int64_t rows = steps.rows(t), row0 = steps.off[t];
@@ -637,7 +685,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
         for (int64_t blk = ub0; blk < ub1 && dot; ++blk)
           for (int64_t r0 = 0; r0 < rows; r0 += MR)
             with_rows<MR>(static_cast<int>(std::min<int64_t>(MR, rows - r0)), [&](auto m) {
-              gate_tile_bf16<decltype(m)::value>(p, ctx, wpb.data(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
+              gate_tile_bf16<decltype(m)::value>(p, ctx, wpb.get(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
             });
       }
 #endif
@@ -656,7 +704,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
             for (int r = 0; r < M; ++r) arows[r] = hpre.data() + (r0 + r) * Hp;
             for (int64_t pb = pb0; pb < pb1; ++pb) {
               V acc[M][1] = {};
-              mac_tile<M, 1>(H, arows, wr.data() + pb * U, Pp, acc);
+              mac_tile<M, 1>(H, arows, wr.get() + pb * U, Pp, acc);
               const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
               for (int r = 0; r < M; ++r) {
                 const int64_t b = r0 + r, row = row0 + b;
@@ -670,7 +718,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
       }
       // Rows idle at this step need no copy across the buffers: with the forward direction they
       // have finished for good, with the reverse one they have not started and hold h0 in both.
-        bar.wait();
+      bar.wait();
     }
   });
 }
