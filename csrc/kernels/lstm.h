@@ -38,7 +38,8 @@ struct ForwardParams {
   bool reverse = false;                  // run t = T-1 .. 0 (each sequence from its own last step)
   int num_threads = 1;                   // CPU only: threads that split the hidden units
 
-  // gates: [N, 4H] read: x_t W_ih^T (the input projection, done by the adapter); bias added here.
+  // gates: [N, 4H] read: x_t W_ih^T (the input projection, done by the adapter; not read when x
+  //        is set, below); bias added here.
   //        When save is true it is overwritten with the activated gates (sigmoid i, f, o;
   //        tanh g) that the backward reads; otherwise its contents are left undefined.
   acc_t* gates = nullptr;
@@ -59,13 +60,15 @@ struct ForwardParams {
   acc_t* cells = nullptr;          // [N, H] written when save: c of every row (else unused)
   bool save = false;
 
-  // The input projection fused into the recurrence, for small-batch inference (one step of a
-  // stream costs less than a separate GEMM call): when x is set, gates is nullptr, save is false,
-  // and every step computes x_t W_ih^T + b_ih + b_hh itself. CPU only, B <= 4.
+  // The input projection fused into the recurrence (CPU only): when x is set every step computes
+  // x_t W_ih^T itself and gates is not read (nullptr, or with save the [N, 4H] buffer the
+  // activations go to). Two cases: small-batch inference on the small-batch path (one step of a
+  // stream costs less than a separate GEMM call), which adds b_ih + b_hh; and fp32/fp64 on the
+  // register tiles (cpu::tiles_take_input), which add bias.
   const scalar_t* x = nullptr;     // [N, I] read
   const scalar_t* w_ih = nullptr;  // [4H, I] read
-  const scalar_t* b_ih = nullptr;  // [4H] read, or nullptr
-  const scalar_t* b_hh = nullptr;  // [4H] read, or nullptr
+  const scalar_t* b_ih = nullptr;  // [4H] read, or nullptr (small-batch path only)
+  const scalar_t* b_hh = nullptr;  // [4H] read, or nullptr (small-batch path only)
   int64_t I = 0;
 };
 

@@ -51,6 +51,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // A few steps of small-batch inference (streaming): the kernel does the input projection too,
   // which saves a GEMM call and a buffer per call.
   const bool fuse_input = !save && s.B <= 4 && s.T <= 4;
+  // One step of a batch too large for the kernel's in-place path: its recurrent product is one
+  // more GEMM added to the gates, so W_hh is not packed for a single use (16 MB at H = 1024).
+  const bool step_gemm = s.T == 1 && !fuse_input && x.scalar_type() == acc && !cpu::small_batch_path(s.T, s.B);
+  // fp32/fp64 on the register tiles, where they can take it: the tiles multiply x_t by W_ih^T
+  // beside h_{t-1} by W_hh^T, in place of a GEMM over the whole sequence and its [N, 4H] buffer.
+  const bool tile_input = !fuse_input && !step_gemm && x.scalar_type() == acc &&
+                          cpu::tiles_take_input(s.T, s.B, s.I, s.H, s.P, at::elementSize(acc));
   // bf16 inference on AVX512-BF16 tiles: they read the GEMM's bf16 output as it is.
   const bool gates_lp = !save && !fuse_input && x.scalar_type() == at::kBFloat16 &&
                         cpu::bf16_tiles_used(s.T, s.B, w_hr.has_value());
@@ -59,17 +66,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // GEMM is bound by writing the buffer to memory: B=128, T=1024, H=32 writes 67 MB).
   const at::ScalarType gates_dtype = gates_lp ? x.scalar_type() : acc;
   const int64_t step_gate_bytes = s.B * 4 * s.H * at::elementSize(gates_dtype);
-  const bool chunked = !save && !fuse_input && !batch_sizes && s.T > 1 &&
+  const bool chunked = !save && !fuse_input && !tile_input && !batch_sizes && s.T > 1 &&
                        s.T * step_gate_bytes > 4 * kChunkGateBytes &&
                        4 * s.H * s.P * at::elementSize(acc) <= kChunkGateBytes / 8;
-  // One step of a batch too large for the kernel's in-place path: its recurrent product is one
-  // more GEMM added to the gates, so W_hh is not packed for a single use (16 MB at H = 1024).
-  const bool step_gemm = s.T == 1 && !fuse_input && x.scalar_type() == acc && !cpu::small_batch_path(s.T, s.B);
-  at::Tensor gates = (fuse_input || chunked) ? at::empty({0}, x.options().dtype(acc))
-                                             : input_projection(x, w_ih, s, gates_dtype);
+  // The kernel computes the projection itself (fuse_input, tile_input): gates only receives the
+  // activations the backward reads.
+  const bool kernel_input = fuse_input || tile_input;
+  at::Tensor gates = !(kernel_input || chunked) ? input_projection(x, w_ih, s, gates_dtype)
+                     : save ? at::empty({s.N, 4 * s.H}, x.options().dtype(acc))
+                            : at::empty({0}, x.options().dtype(acc));
   if (step_gemm && s.N > 0) gates.add_(matmul_nt(h0.narrow(0, 0, s.N), w_hh));
   const at::Tensor bias = fuse_input ? at::Tensor() : combined_bias(b_ih, b_hh, acc);
-  const at::Tensor xc = fuse_input ? x.contiguous() : at::Tensor(), wihc = fuse_input ? w_ih.contiguous() : at::Tensor();
+  const at::Tensor xc = kernel_input ? x.contiguous() : at::Tensor();
+  const at::Tensor wihc = kernel_input ? w_ih.contiguous() : at::Tensor();
   const at::Tensor bihc = fuse_input && b_ih ? b_ih->contiguous() : at::Tensor();
   const at::Tensor bhhc = fuse_input && b_hh ? b_hh->contiguous() : at::Tensor();
   at::Tensor y = at::empty(output_sizes(x, s.P), x.options());
@@ -94,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
     p.recurrent_in_gates = step_gemm;
     if (gates_lp) {
       p.gates_lp = kptr<scalar_t>(gates);
-    } else if (!fuse_input) {
+    } else if (gates.numel()) {
       p.gates = gates.mutable_data_ptr<kacc>();
     }
     p.bias = bias.defined() ? bias.const_data_ptr<kacc>() : nullptr;

@@ -51,6 +51,14 @@ const char* isa_name() {
 
 bool small_batch_path(int64_t T, int64_t B) { return avx512::small_batch_path(T, B); }  // same rule in every copy
 
+bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes) {
+  switch (isa()) {
+    case Isa::kAvx512: return avx512::tiles_take_input(T, B, I, H, P, acc_bytes);
+    case Isa::kAvx2: return avx2::tiles_take_input(T, B, I, H, P, acc_bytes);
+    default: return baseline::tiles_take_input(T, B, I, H, P, acc_bytes);
+  }
+}
+
 bool bf16_tiles_used(int64_t T, int64_t B, bool proj) {
   return isa() == Isa::kAvx512 && avx512::cpu_has_bf16_dot() && !proj && !avx512::small_batch_path(T, B);
 }

@@ -1,7 +1,8 @@
 // CPU kernels: the fused recurrent loops of one layer and direction (see ../lstm.h for the params).
 //
 // The caller has already run the input projection (params.gates holds x W_ih^T; the biases are
-// added here), except for a few steps of small-batch inference, where the kernel does it too.
+// added here), except where the kernel does it too: a few steps of small-batch inference, and
+// fp32/fp64 batches that fill the register tiles (tiles_take_input).
 // Each function packs the recurrent weights once per call (small batches over few steps read
 // them in place), then owns the whole timestep loop: num_threads threads split the hidden units
 // (each thread computes all four gates of its units, so the cell update needs no exchange) and
@@ -30,6 +31,10 @@ bool bf16_tiles_used(int64_t T, int64_t B, bool proj);
 // Whether lstm_forward reads W_hh in place for these sizes (small batches over few steps, one
 // step of up to 32 rows) rather than packing it.
 bool small_batch_path(int64_t T, int64_t B);
+
+// Whether lstm_forward's register tiles can take the input projection for these sizes (fp32 and
+// fp64, acc_bytes the size of acc_t): then the caller passes ForwardParams::x and no gates.
+bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes);
 
 // "avx512", "avx2" or "baseline": the code path lstm_forward/lstm_backward take on this CPU.
 const char* isa_name();

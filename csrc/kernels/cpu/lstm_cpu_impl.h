@@ -329,6 +329,7 @@ struct ForwardCtx {
   bool proj;
   const Steps* steps;
   const acc_t* wp;  // packed W_hh^T [nblk][P][4][U]
+  const acc_t* wi;  // packed W_ih^T [nblk][I][4][U] when the tiles take the input, else nullptr
   acc_t* cst;       // [B, Hp] cell state
   acc_t* hpre;      // [B, Hp] o * tanh(c) before the projection
 };
@@ -368,7 +369,8 @@ __attribute__((always_inline)) inline V cell_update(const ForwardParams<scalar_t
 }
 
 // One register tile of the forward: MR rows (r0..) by one block of U units, all four gates; the
-// matrix product on the packed W_hh^T, then the cell update on the registers.
+// matrix products on the packed W_ih^T (when the tiles take the input) and W_hh^T, then the cell
+// update on the registers.
 template <int MR, typename scalar_t, typename acc_t>
 inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
                       int64_t r0, int64_t row0, int64_t t, const acc_t* hcur, acc_t* hnext) {
@@ -382,12 +384,23 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
   V acc[MR][4];
   for (int r = 0; r < MR; ++r) {
     arows[r] = hcur + (r0 + r) * x.P;
+    if (x.wi) {
+      for (int g = 0; g < 4; ++g) acc[r][g] = bias[g];
+      continue;
+    }
     const acc_t* xg = p.gates + (row0 + r0 + r) * x.G + j0;
     for (int g = 0; g < 4; ++g) acc[r][g] = load_n<V>(xg + g * x.H, nu) + bias[g];
     // The next row tile's input projection (a cold [N, 4H] buffer): fetch it during this tile's
     // k loop. A prefetch past the last row is harmless.
     const acc_t* xn = xg + MR * x.G;
     for (int g = 0; g < 4; ++g) __builtin_prefetch(xn + g * x.H);
+  }
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {  // the adapter passes x only in acc_t
+    if (x.wi) {
+      const acc_t* xrows[MR];
+      for (int r = 0; r < MR; ++r) xrows[r] = p.x + (row0 + r0 + r) * p.I;
+      mac_tile<MR, 4>(p.I, xrows, x.wi + blk * p.I * 4 * U, 4 * U, acc);
+    }
   }
   if (!p.recurrent_in_gates) mac_tile<MR, 4>(x.P, arows, x.wp + blk * x.P * 4 * U, 4 * U, acc);
   for (int r = 0; r < MR; ++r) cell_update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hnext);
@@ -428,6 +441,18 @@ inline V fold_lanes(V v) {
 // block's slice of W_hh in L2.
 constexpr int64_t kGemvRows = 4;
 bool small_batch_path(int64_t T, int64_t B) { return (B <= 4 && T < kPackMinSteps) || (B <= 32 && T == 1); }
+
+// The tiles take the input projection (x_t W_ih^T beside h_{t-1} W_hh^T, no GEMM over the
+// sequence) when the first step fills its register tiles (a last tile of one or two rows does
+// one or two FMAs per weight vector, bound by reading W_ih from L2 where a GEMM would not be) and
+// both weights stay in L3 (32 MB of them at H = 1024 came from memory every step: 1.14-1.4x
+// slower). Measured against the GEMM: 0.90-0.97x of the time at B >= 4, H <= 512.
+constexpr int64_t kTileInputWeightBytes = int64_t{8} << 20;
+bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes) {
+  constexpr int MR = Tiling<float>::MR;
+  const bool full_tiles = B >= MR && (B % MR == 0 || B % MR == MR - 1 || B >= 2 * MR);
+  return !small_batch_path(T, B) && full_tiles && (I + P) * 4 * H * acc_bytes <= kTileInputWeightBytes;
+}
 
 template <typename V>
 inline auto hsum(V v) {
@@ -554,20 +579,20 @@ __attribute__((target("avx512bf16"))) void gate_tile_bf16(
 }
 #endif
 
-// W_hh^T for unit blocks [b0, b1), the four gates of a block of U units side by side:
-// wp[blk][k][gate][u] (lanes past H zero), so that a block's k loop streams through contiguous
-// memory. For each k the U units of a block are one cache line while their U rows of W_hh are
-// read in step.
+// The transpose of a gate weight ([4H, K]: W_hh, K = P, or W_ih, K = I) for unit blocks
+// [b0, b1), the four gates of a block of U units side by side: wp[blk][k][gate][u] (lanes past H
+// zero), so that a block's k loop streams through contiguous memory. For each k the U units of a
+// block are one cache line while their U rows of W are read in step.
 template <typename scalar_t, typename acc_t>
-void pack_w_hh(const scalar_t* w_hh, int64_t H, int64_t P, int64_t b0, int64_t b1, acc_t* wp) {
+void pack_gate_weight(const scalar_t* w_g, int64_t H, int64_t K, int64_t b0, int64_t b1, acc_t* wp) {
   constexpr int U = Tiling<acc_t>::U, NR = Tiling<acc_t>::NR;
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int nu = static_cast<int>(std::min<int64_t>(U, H - blk * U));
     for (int g = 0; g < 4; ++g) {
-      const scalar_t* w = w_hh + (g * H + blk * U) * P;
-      acc_t* out = wp + blk * P * NR + g * U;
-      for (int64_t k = 0; k < P; ++k) {
-        for (int u = 0; u < nu; ++u) out[k * NR + u] = to_acc(w[u * P + k]);
+      const scalar_t* w = w_g + (g * H + blk * U) * K;
+      acc_t* out = wp + blk * K * NR + g * U;
+      for (int64_t k = 0; k < K; ++k) {
+        for (int u = 0; u < nu; ++u) out[k * NR + u] = to_acc(w[u * K + k]);
         for (int u = nu; u < U; ++u) out[k * NR + u] = acc_t(0);
       }
     }
@@ -617,9 +642,9 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   const bool proj = p.w_hr != nullptr;
   const Steps steps(p.batch_sizes, T, B);
 
-  // The small-batch path reads W_hh in place; the tiles read it packed (pack_w_hh), the
+  // The small-batch path reads W_hh in place; the tiles read it packed (pack_gate_weight), the
   // AVX512-BF16 tiles in bf16 pairs (pack_w_hh_bf16).
-  const bool gemv = p.x != nullptr || small_batch_path(T, B);
+  const bool gemv = small_batch_path(T, B);
 #ifdef LSTM_BF16_DOT
   // The AVX512-BF16 path (see gate_tile_bf16): bf16 weights and h; no projection.
   bool dot = false;
@@ -630,6 +655,9 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   const bool fp_tiles = !gemv && !dot;
   const bool pack = fp_tiles && !p.recurrent_in_gates;
   Buffer<acc_t> wp = aligned_buffer<acc_t>(pack ? P * 4 * Hp : 0);
+  // With x set on the tile path the tiles multiply x_t by W_ih^T too (packed as W_hh is).
+  const bool tile_input = fp_tiles && p.x != nullptr;
+  Buffer<acc_t> wi = aligned_buffer<acc_t>(tile_input ? p.I * 4 * Hp : 0);
   Buffer<acc_t> wr = aligned_buffer<acc_t>(proj ? H * Pp : 0);
   const int64_t P2 = (P + 1) / 2;
   Buffer<uint32_t> wpb = aligned_buffer<uint32_t>(dot ? nblk * P2 * NR : 0);
@@ -648,7 +676,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   for (int64_t i = first_rows * P; i < B * P; ++i) p.h_n[i] = p.h0[i];
   for (int64_t i = first_rows * H; i < B * H; ++i) p.c_n[i] = p.c0[i];
 
-  const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp.get(), cst.data(), hpre.data()};
+  const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp.get(), wi.get(), cst.data(), hpre.data()};
   const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(nblk)));
   SpinBarrier bar;
   run_team(nt_req, bar, [&](int tid, int nt) {
@@ -657,7 +685,8 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
     split_range(Pp / U, tid, nt, &pb0, &pb1);
     // Each thread packs the weights only it reads (its unit blocks, its projection columns): in
     // parallel, into its own cache, and with no barrier before the first step.
-    if (pack) pack_w_hh(p.w_hh, H, P, ub0, ub1, wp.get());
+    if (pack) pack_gate_weight(p.w_hh, H, P, ub0, ub1, wp.get());
+    if (tile_input) pack_gate_weight(p.w_ih, H, p.I, ub0, ub1, wi.get());
     if (proj) pack_w_hr(p.w_hr, H, P, pb0 * U, pb1 * U, wr.get());
 #ifdef LSTM_BF16_DOT
     if constexpr (std::is_same_v<scalar_t, bf16_t>) {
