@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Optional
 
 from . import perf_model
@@ -124,8 +125,11 @@ def table(results: list[dict]) -> str:
 
 
 def write_json(path: str, payload: dict) -> None:
-    with open(path, "w") as f:
+    """Write through a temporary file, so that a run stopped mid-write leaves the previous JSON."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
 
 
 def plot(path: str, results: list[dict], title: str) -> Optional[str]:

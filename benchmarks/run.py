@@ -8,7 +8,7 @@ a mismatch stops the run with exit code 1. (2) the machine's ceilings (large GEM
 measured before the cases (used by the progress lines) and again after them (the final table and
 JSON use the best of the two). (3) every case of the grid, contenders interleaved, medians; one
 progress line per case, a final table, JSON `<out>/bench_<device>_<YYYYmmdd-HHMMSS>.json` and a
-PNG beside it.
+PNG beside it. The JSON is rewritten after every case ("complete": false until the run ends).
 Exit code 1 also when lstm_fused failed on any case (the error is printed and kept in the JSON).
 """
 from __future__ import annotations
@@ -170,11 +170,15 @@ def main(argv=None) -> int:
     # (3) timings
     print(f"== {len(chosen)} cases ({grid} grid), contenders interleaved, medians")
     results = []
+    payload.update(complete=False, ceilings=before, results=results)
     for i, case in enumerate(chosen, 1):
         set_threads(case.threads, default_threads)
         res = run_case(case, device, cfg, flash_backend, before)
         results.append(res)
         print(report.progress_line(i, len(chosen), res), flush=True)
+        # Rewritten after every case: a run stopped early (the wide grid's last cases take minutes
+        # each) still leaves its finished cases, marked complete=false, against the first ceilings.
+        report.write_json(stem + ".json", payload)
     # A ceiling is the best the machine did: on a shared machine, one measurement may be disturbed.
     after = measure_all_ceilings(device, settings, dtypes, grid, default_threads, "after")
     ceils = ceilings.best_of(before, after)
@@ -184,7 +188,7 @@ def main(argv=None) -> int:
     payload["ceilings"] = ceils
     payload["ceilings_before_after"] = {"before": before, "after": after}
 
-    payload["results"] = results
+    payload["complete"] = True
     payload["wall_s"] = time.perf_counter() - t_start
     payload["load_average_1min_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print()

@@ -26,6 +26,7 @@ def test_benchmark_quick_mode(tmp_path):
     with open(tmp_path / files[0]) as f:
         payload = json.load(f)
     assert payload["correctness"] and all(r["ok"] for r in payload["correctness"])
+    assert payload["complete"] is True
     results = payload["results"]
     assert results, "no benchmark cases ran"
     errors = [r for r in results if r.get("error")]
