@@ -346,3 +346,30 @@ def test_parity_inference_in_time_chunks(cfg):
         expected = run_model(ref, cfg, data, backward=False)
         actual = run_model(ours, cfg, data, backward=False)
     assert_results_close(actual, expected, *TOLERANCES[cfg.dtype])
+
+
+LOOKAHEAD = [  # batch 1, at most 512 KB of weights: x W_ih^T a chunk of 8 steps ahead (AVX-512)
+    Config(T=16, B=1, I=24, H=40, dtype=torch.float64),  # two whole chunks
+    Config(T=61, B=1, I=33, H=70, num_layers=2, bidirectional=True, proj_size=20, dtype=torch.float64),
+    Config(T=300, B=1, I=128, H=128, dtype=torch.float32),
+    Config(T=45, B=1, I=7, H=17, bias=False, input_kind="packed_unsorted", dtype=torch.float32),
+    Config(T=23, B=1, I=3, H=33, input_kind="unbatched", batch_first=True, dtype=torch.float64),
+    Config(T=17, B=1, I=1, H=16, bidirectional=True, with_state=False, dtype=torch.float32),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cfg", LOOKAHEAD, ids=case_id)
+def test_parity_batch1_lookahead(cfg, threads):
+    """Batch 1 computes the input projection inside the recurrence, each step adding a piece of the
+    next 8 steps' (csrc/kernels/cpu/lstm_cpu_impl.h, lookahead_tile): whole and partial last
+    chunks, the reverse direction, quarters of I with no columns (I < 4), with and without saving
+    activations for the backward."""
+    with num_threads(threads):
+        check_parity(cfg)
+        ref, ours = make_pair(cfg)
+        data = make_data(cfg)
+        with torch.no_grad():
+            expected = run_model(ref, cfg, data, backward=False)
+            actual = run_model(ours, cfg, data, backward=False)
+        assert_results_close(actual, expected, *TOLERANCES[cfg.dtype])

@@ -64,7 +64,7 @@ struct ForwardParams {
   // x_t W_ih^T itself and gates is not read (nullptr, or with save the [N, 4H] buffer the
   // activations go to). Two cases: small-batch inference on the small-batch path (one step of a
   // stream costs less than a separate GEMM call), which adds b_ih + b_hh; and fp32/fp64 on the
-  // register tiles (cpu::tiles_take_input), which add bias.
+  // register tiles (cpu::tiles_take_input; at batch 1 a chunk of steps ahead), which add bias.
   const scalar_t* x = nullptr;     // [N, I] read
   const scalar_t* w_ih = nullptr;  // [4H, I] read
   const scalar_t* b_ih = nullptr;  // [4H] read, or nullptr (small-batch path only)

@@ -55,7 +55,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // more GEMM added to the gates, so W_hh is not packed for a single use (16 MB at H = 1024).
   const bool step_gemm = s.T == 1 && !fuse_input && x.scalar_type() == acc && !cpu::small_batch_path(s.T, s.B);
   // fp32/fp64 on the register tiles, where they can take it: the tiles multiply x_t by W_ih^T
-  // beside h_{t-1} by W_hh^T, in place of a GEMM over the whole sequence and its [N, 4H] buffer.
+  // beside h_{t-1} by W_hh^T (at batch 1, a chunk of steps ahead), in place of a GEMM over the
+  // whole sequence and its [N, 4H] buffer.
   const bool tile_input = !fuse_input && !step_gemm && x.scalar_type() == acc &&
                           cpu::tiles_take_input(s.T, s.B, s.I, s.H, s.P, at::elementSize(acc));
   // bf16 inference on AVX512-BF16 tiles: they read the GEMM's bf16 output as it is.

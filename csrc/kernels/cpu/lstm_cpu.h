@@ -2,7 +2,8 @@
 //
 // The caller has already run the input projection (params.gates holds x W_ih^T; the biases are
 // added here), except where the kernel does it too: a few steps of small-batch inference, and
-// fp32/fp64 batches that fill the register tiles (tiles_take_input).
+// fp32/fp64 batches that fill the register tiles or, at batch 1, small weights
+// (tiles_take_input).
 // Each function packs the recurrent weights once per call (small batches over few steps read
 // them in place), then owns the whole timestep loop: num_threads threads split the hidden units
 // (each thread computes all four gates of its units, so the cell update needs no exchange) and

@@ -228,12 +228,12 @@ inline void mac_tile(int64_t K, const acc_t* const (&a)[MR], const acc_t* b, int
   constexpr int U = sizeof(V) / sizeof(acc_t);
   for (int64_t k = 0; k < K; ++k) {
     V bv[NV];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) bv[v] = loadu<V>(b + k * ldb + v * U);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const V av = splat<V>(a[r][k]);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
     }
   }
@@ -330,6 +330,7 @@ struct ForwardCtx {
   const Steps* steps;
   const acc_t* wp;  // packed W_hh^T [nblk][P][4][U]
   const acc_t* wi;  // packed W_ih^T [nblk][I][4][U] when the tiles take the input, else nullptr
+  acc_t* ring;      // batch 1 with wi: [2][Lookahead::S][nblk][4][U], x W_ih^T of two chunks
   acc_t* cst;       // [B, Hp] cell state
   acc_t* hpre;      // [B, Hp] o * tanh(c) before the projection
 };
@@ -406,6 +407,111 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
   for (int r = 0; r < MR; ++r) cell_update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hnext);
 }
 
+// Batch 1 with the input on the tiles: x_t W_ih^T alone would be one FMA per W_ih vector read
+// from L2, as h_{t-1} W_hh^T is, where a GEMM over the sequence reuses each weight vector across
+// rows (but is one more pass, ~30% of the call at H = 128). The lookahead does the GEMM's work
+// during the recurrence: while a chunk of S steps runs, each step adds one piece of the next
+// chunk's projection (RV of a block's four gate vectors over 1/KQ of I, for all S rows: S FMAs per
+// weight vector), in slices alternating with slices of the W_hh product, so that the piece's
+// FMAs can run while the core waits on L2 for W_hh (they do in part: at I = H = 128 the pieces
+// add about 0.6 us to a 1.7 us step on 2 threads, where the GEMM's share was 0.7 us). Each
+// block's pieces belong to the thread owning the block (no synchronization); the ring holds two
+// chunks: the current one and the next.
+struct Lookahead {
+  static constexpr int S = 8, RV = 2, KQ = S * RV / 4;
+};
+
+// One step of unit block blk at batch 1 (visiting step s, time t, row row0): W_hh product and cell
+// update as gate_tile<1>, with the input projection from the ring, and a piece of the next chunk's
+// from xt (that chunk's x rows, transposed: xt[k][i] for k < I, i < S).
+template <typename scalar_t, typename acc_t>
+inline void lookahead_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
+                           int64_t s, int64_t row0, int64_t t, const acc_t* xt, const acc_t* hcur, acc_t* hnext) {
+  using V = typename VecOf<acc_t>::type;
+  using L = Lookahead;
+  constexpr int U = Tiling<acc_t>::U, NR = Tiling<acc_t>::NR, RV = L::RV, S = L::S;
+  const int64_t nblk = x.Hp / U, c = s / S, r = s % S, j0 = blk * U, I = p.I, P = x.P;
+  const int nu = static_cast<int>(std::min<int64_t>(U, x.H - j0));
+  const acc_t* cur = x.ring + ((c & 1) * S + r) * nblk * NR + blk * NR;
+  V acc[1][4];
+  for (int g = 0; g < 4; ++g)
+    acc[0][g] = loadu<V>(cur + g * U) + (p.bias ? load_n<V>(p.bias + g * x.H + j0, nu) : V{});
+  // This step's piece of chunk c + 1: gate vectors [half * RV, half * RV + RV), k in [ka, kb).
+  const bool ahead = (c + 1) * S < p.T;
+  const int half = static_cast<int>(r % (4 / RV)), kq = static_cast<int>(r / (4 / RV));
+  const int64_t ka = ahead ? kq * I / L::KQ : 0, kb = ahead ? (kq + 1) * I / L::KQ : 0;
+  acc_t* nxt = x.ring + ((c + 1) & 1) * S * nblk * NR + blk * NR + half * RV * U;
+  V pacc[S][RV];
+#pragma GCC unroll 8
+  for (int i = 0; i < S; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < RV; ++v) pacc[i][v] = kq == 0 ? V{} : loadu<V>(nxt + i * nblk * NR + v * U);
+  const acc_t* wi = x.wi + blk * I * NR + half * I * RV * U;
+  const acc_t* wh = x.wp + blk * P * NR;
+  // One k of the piece per slice of the W_hh product: finer slices overlapped better (a slice of
+  // P/8 k: 1.0x of the GEMM's time, P/32: 0.91x, one piece k: 0.90x).
+  const int64_t ns = std::max<int64_t>(1, kb - ka), q = P / ns, extra = P % ns;
+  int64_t h0 = 0;
+  for (int64_t sl = 0; sl < ns; ++sl) {
+    const int64_t h1 = h0 + q + (sl < extra);
+    const acc_t* hrow[1] = {hcur + h0};
+    mac_tile<1, 4>(h1 - h0, hrow, wh + h0 * NR, NR, acc);
+    h0 = h1;
+    if (sl < kb - ka) {
+      const int64_t k = ka + sl;
+      V bv[RV];
+#pragma GCC unroll 8
+      for (int v = 0; v < RV; ++v) bv[v] = loadu<V>(wi + k * RV * U + v * U);
+#pragma GCC unroll 8
+      for (int i = 0; i < S; ++i) {
+        const V av = splat<V>(xt[k * S + i]);
+#pragma GCC unroll 8
+        for (int v = 0; v < RV; ++v) pacc[i][v] += av * bv[v];
+      }
+    }
+  }
+  if (ahead)
+#pragma GCC unroll 8
+    for (int i = 0; i < S; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < RV; ++v) storeu(nxt + i * nblk * NR + v * U, pacc[i][v]);
+  cell_update(p, x, acc[0], 0, row0, j0, nu, t, hnext);
+}
+
+// xt[k][i] = row i of chunk c of the visiting order (steps past the end repeat the last; dropped).
+template <typename scalar_t, typename acc_t>
+inline void lookahead_rows(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t c,
+                           acc_t* xt) {
+  constexpr int S = Lookahead::S;
+  for (int i = 0; i < S; ++i) {
+    const int64_t v = std::min(c * S + i, p.T - 1), t = p.reverse ? p.T - 1 - v : v;
+    const scalar_t* row = p.x + x.steps->off[t] * p.I;
+    for (int64_t k = 0; k < p.I; ++k) xt[k * S + i] = to_acc(row[k]);
+  }
+}
+
+// Chunk 0 of the lookahead ring for block blk, whole (before the first step), from its xt.
+template <typename acc_t>
+inline void lookahead_first(const ForwardCtx<acc_t>& x, int64_t I, int64_t blk, const acc_t* xt) {
+  using V = typename VecOf<acc_t>::type;
+  using L = Lookahead;
+  constexpr int U = Tiling<acc_t>::U, NR = Tiling<acc_t>::NR, RV = L::RV, S = L::S;
+  const int64_t nblk = x.Hp / U;
+  for (int half = 0; half < 4 / RV; ++half) {
+    V pacc[S][RV] = {};
+    const acc_t* wi = x.wi + blk * I * NR + half * I * RV * U;
+    for (int64_t k = 0; k < I; ++k)
+#pragma GCC unroll 8
+      for (int i = 0; i < S; ++i)
+#pragma GCC unroll 8
+        for (int v = 0; v < RV; ++v) pacc[i][v] += splat<V>(xt[k * S + i]) * loadu<V>(wi + k * RV * U + v * U);
+#pragma GCC unroll 8
+    for (int i = 0; i < S; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < RV; ++v) storeu(x.ring + i * nblk * NR + blk * NR + (half * RV + v) * U, pacc[i][v]);
+  }
+}
+
 // U lanes of a weight row in acc_t (bf16 widens by a shift).
 template <typename V, typename scalar_t>
 inline V load_w(const scalar_t* w) {
@@ -448,10 +554,18 @@ bool small_batch_path(int64_t T, int64_t B) { return (B <= 4 && T < kPackMinStep
 // both weights stay in L3 (32 MB of them at H = 1024 came from memory every step: 1.14-1.4x
 // slower). Measured against the GEMM: 0.90-0.97x of the time at B >= 4, H <= 512.
 constexpr int64_t kTileInputWeightBytes = int64_t{8} << 20;
+// Batch 1 takes it through the lookahead (lookahead_tile; AVX-512 has the registers for its 16
+// accumulators) up to 512 KB of weights, where W_hh and W_ih stay in L2 beside each other.
+// Against the GEMM (1 thread / 2 threads): I = H = 128 0.87x / 0.93x of the time at T = 256,
+// 0.89x-0.90x at T = 16-64; H = 64 and 32 0.74-0.94x; H = 256 (2 MB) 0.92x / 0.99x at T = 256 but
+// 1.06-1.24x at T <= 128 (packing W_ih costs more than the GEMM's share); H = 512 1.02x / 1.08x.
+constexpr int64_t kLookaheadWeightBytes = int64_t{512} << 10;
 bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes) {
   constexpr int MR = Tiling<float>::MR;
+  const int64_t weight_bytes = (I + P) * 4 * H * acc_bytes;
   const bool full_tiles = B >= MR && (B % MR == 0 || B % MR == MR - 1 || B >= 2 * MR);
-  return !small_batch_path(T, B) && full_tiles && (I + P) * 4 * H * acc_bytes <= kTileInputWeightBytes;
+  const bool lookahead = B == 1 && MR == 4 && weight_bytes <= kLookaheadWeightBytes;
+  return !small_batch_path(T, B) && ((full_tiles && weight_bytes <= kTileInputWeightBytes) || lookahead);
 }
 
 template <typename V>
@@ -582,18 +696,22 @@ __attribute__((target("avx512bf16"))) void gate_tile_bf16(
 // The transpose of a gate weight ([4H, K]: W_hh, K = P, or W_ih, K = I) for unit blocks
 // [b0, b1), the four gates of a block of U units side by side: wp[blk][k][gate][u] (lanes past H
 // zero), so that a block's k loop streams through contiguous memory. For each k the U units of a
-// block are one cache line while their U rows of W are read in step.
+// block are one cache line while their U rows of W are read in step. With gv < 4 the gates go in
+// groups of gv, each group's k loop contiguous: wp[blk][gate / gv][k][gate % gv][u] (the
+// lookahead reads Lookahead::RV gates at a time).
 template <typename scalar_t, typename acc_t>
-void pack_gate_weight(const scalar_t* w_g, int64_t H, int64_t K, int64_t b0, int64_t b1, acc_t* wp) {
+void pack_gate_weight(const scalar_t* w_g, int64_t H, int64_t K, int64_t b0, int64_t b1, acc_t* wp,
+                      int gv = 4) {
   constexpr int U = Tiling<acc_t>::U, NR = Tiling<acc_t>::NR;
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int nu = static_cast<int>(std::min<int64_t>(U, H - blk * U));
     for (int g = 0; g < 4; ++g) {
       const scalar_t* w = w_g + (g * H + blk * U) * K;
-      acc_t* out = wp + blk * K * NR + g * U;
+      acc_t* out = wp + blk * K * NR + (g / gv) * K * gv * U + (g % gv) * U;
+      const int64_t ld = gv * U;
       for (int64_t k = 0; k < K; ++k) {
-        for (int u = 0; u < nu; ++u) out[k * NR + u] = to_acc(w[u * K + k]);
-        for (int u = nu; u < U; ++u) out[k * NR + u] = acc_t(0);
+        for (int u = 0; u < nu; ++u) out[k * ld + u] = to_acc(w[u * K + k]);
+        for (int u = nu; u < U; ++u) out[k * ld + u] = acc_t(0);
       }
     }
   }
@@ -676,7 +794,10 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   for (int64_t i = first_rows * P; i < B * P; ++i) p.h_n[i] = p.h0[i];
   for (int64_t i = first_rows * H; i < B * H; ++i) p.c_n[i] = p.c0[i];
 
-  const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp.get(), wi.get(), cst.data(), hpre.data()};
+  // Batch 1 with the input on the tiles: x W_ih^T a chunk of steps ahead (lookahead_tile).
+  const bool lookahead = tile_input && B == 1;
+  Buffer<acc_t> ring = aligned_buffer<acc_t>(lookahead ? 2 * Lookahead::S * nblk * NR : 0);
+  const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp.get(), wi.get(), ring.get(), cst.data(), hpre.data()};
   const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(nblk)));
   SpinBarrier bar;
   run_team(nt_req, bar, [&](int tid, int nt) {
@@ -686,7 +807,11 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
     // Each thread packs the weights only it reads (its unit blocks, its projection columns): in
     // parallel, into its own cache, and with no barrier before the first step.
     if (pack) pack_gate_weight(p.w_hh, H, P, ub0, ub1, wp.get());
-    if (tile_input) pack_gate_weight(p.w_ih, H, p.I, ub0, ub1, wi.get());
+    if (tile_input) pack_gate_weight(p.w_ih, H, p.I, ub0, ub1, wi.get(), lookahead ? Lookahead::RV : 4);
+    // The lookahead's x rows of the next chunk, transposed, this thread's copy.
+    std::vector<acc_t> xt(lookahead ? p.I * Lookahead::S : 0);
+    if (lookahead) lookahead_rows(p, ctx, 0, xt.data());
+    for (int64_t blk = ub0; blk < ub1 && lookahead; ++blk) lookahead_first(ctx, p.I, blk, xt.data());
     if (proj) pack_w_hr(p.w_hr, H, P, pb0 * U, pb1 * U, wr.get());
 #ifdef LSTM_BF16_DOT
     if constexpr (std::is_same_v<scalar_t, bf16_t>) {
@@ -718,7 +843,11 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
             });
       }
 #endif
-      for (int64_t blk = ub0; blk < ub1 && !gemv && !dot; ++blk)
+      if (lookahead && s % Lookahead::S == 0 && s + Lookahead::S < T)
+        lookahead_rows(p, ctx, s / Lookahead::S + 1, xt.data());
+      for (int64_t blk = ub0; blk < ub1 && lookahead && rows; ++blk)
+        lookahead_tile(p, ctx, blk, s, row0, t, xt.data(), hcur, hnext);
+      for (int64_t blk = ub0; blk < ub1 && !gemv && !dot && !lookahead; ++blk)
         for (int64_t r0 = 0; r0 < rows; r0 += MR)
           with_rows<MR>(static_cast<int>(std::min<int64_t>(MR, rows - r0)), [&](auto m) {
             gate_tile<decltype(m)::value>(p, ctx, blk, r0, row0, t, hcur, hnext);
