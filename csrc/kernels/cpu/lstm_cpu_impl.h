@@ -250,6 +250,14 @@ inline void with_rows(int m, F&& f) {
   f(std::integral_constant<int, M>{});
 }
 
+// f(r0, m) for the register tiles over rows [0, rows): tiles of M rows, the last one of the rows
+// left (m as in with_rows).
+template <int M, typename F>
+inline void for_row_tiles(int64_t rows, F&& f) {
+  for (int64_t r0 = 0; r0 < rows; r0 += M)
+    with_rows<M>(static_cast<int>(std::min<int64_t>(M, rows - r0)), [&](auto m) { f(r0, m); });
+}
+
 // The barrier between steps. libgomp's costs microseconds on a small machine (it wakes waiters
 // through the kernel); this one spins on one cache line, which is what a step of a few
 // microseconds needs. OpenMP guarantees the team's threads run at once, so spinning cannot
@@ -825,22 +833,18 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
       acc_t* hnext = hbuf.data() + ((s + 1) & 1) * B * P;
       // Unit blocks outside, rows inside: a block's slice of W_hh (P x 4U) stays in L1/L2 while
       // every row tile streams past it, so W_hh is read once per step.
-      for (int64_t blk = ub0; blk < ub1 && gemv; ++blk) {
-        for (int64_t r0 = 0; r0 < rows; r0 += kGemvRows) {
-          with_rows<kGemvRows>(static_cast<int>(std::min<int64_t>(kGemvRows, rows - r0)), [&](auto m) {
-            gemv_block<decltype(m)::value>(p, ctx, blk, row0, r0, t, hcur, hnext);
-          });
-        }
-      }
+      for (int64_t blk = ub0; blk < ub1 && gemv; ++blk)
+        for_row_tiles<kGemvRows>(rows, [&](int64_t r0, auto m) {
+          gemv_block<decltype(m)::value>(p, ctx, blk, row0, r0, t, hcur, hnext);
+        });
 #ifdef LSTM_BF16_DOT
       if constexpr (std::is_same_v<scalar_t, bf16_t>) {
         const uint32_t* hbcur = reinterpret_cast<const uint32_t*>(hb.data() + (s & 1) * B * 2 * P2);
         uint16_t* hbnext = hb.data() + ((s + 1) & 1) * B * 2 * P2;
         for (int64_t blk = ub0; blk < ub1 && dot; ++blk)
-          for (int64_t r0 = 0; r0 < rows; r0 += MR)
-            with_rows<MR>(static_cast<int>(std::min<int64_t>(MR, rows - r0)), [&](auto m) {
-              gate_tile_bf16<decltype(m)::value>(p, ctx, wpb.get(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
-            });
+          for_row_tiles<MR>(rows, [&](int64_t r0, auto m) {
+            gate_tile_bf16<decltype(m)::value>(p, ctx, wpb.get(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
+          });
       }
 #endif
       if (lookahead && s % Lookahead::S == 0 && s + Lookahead::S < T)
@@ -848,31 +852,28 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
       for (int64_t blk = ub0; blk < ub1 && lookahead && rows; ++blk)
         lookahead_tile(p, ctx, blk, s, row0, t, xt.data(), hcur, hnext);
       for (int64_t blk = ub0; blk < ub1 && !gemv && !dot && !lookahead; ++blk)
-        for (int64_t r0 = 0; r0 < rows; r0 += MR)
-          with_rows<MR>(static_cast<int>(std::min<int64_t>(MR, rows - r0)), [&](auto m) {
-            gate_tile<decltype(m)::value>(p, ctx, blk, r0, row0, t, hcur, hnext);
-          });
+        for_row_tiles<MR>(rows, [&](int64_t r0, auto m) {
+          gate_tile<decltype(m)::value>(p, ctx, blk, r0, row0, t, hcur, hnext);
+        });
       if (proj) {
         // h_t = W_hr (o * tanh(c)): every thread needs all units, so wait for them first.
         bar.wait();
-        for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-          with_rows<MR>(static_cast<int>(std::min<int64_t>(MR, rows - r0)), [&](auto m) {
-            constexpr int M = decltype(m)::value;
-            const acc_t* arows[M];
-            for (int r = 0; r < M; ++r) arows[r] = hpre.data() + (r0 + r) * Hp;
-            for (int64_t pb = pb0; pb < pb1; ++pb) {
-              V acc[M][1] = {};
-              mac_tile<M, 1>(H, arows, wr.get() + pb * U, Pp, acc);
-              const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
-              for (int r = 0; r < M; ++r) {
-                const int64_t b = r0 + r, row = row0 + b;
-                store_n(hnext + b * P + pb * U, acc[r][0], nc);
-                store_n(p.y + row * P + pb * U, acc[r][0], nc);
-                if (steps.last(t, b, p.reverse)) store_n(p.h_n + b * P + pb * U, acc[r][0], nc);
-              }
+        for_row_tiles<MR>(rows, [&](int64_t r0, auto m) {
+          constexpr int M = decltype(m)::value;
+          const acc_t* arows[M];
+          for (int r = 0; r < M; ++r) arows[r] = hpre.data() + (r0 + r) * Hp;
+          for (int64_t pb = pb0; pb < pb1; ++pb) {
+            V acc[M][1] = {};
+            mac_tile<M, 1>(H, arows, wr.get() + pb * U, Pp, acc);
+            const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
+            for (int r = 0; r < M; ++r) {
+              const int64_t b = r0 + r, row = row0 + b;
+              store_n(hnext + b * P + pb * U, acc[r][0], nc);
+              store_n(p.y + row * P + pb * U, acc[r][0], nc);
+              if (steps.last(t, b, p.reverse)) store_n(p.h_n + b * P + pb * U, acc[r][0], nc);
             }
-          });
-        }
+          }
+        });
       }
       // Rows idle at this step need no copy across the buffers: with the forward direction they
       // have finished for good, with the reverse one they have not started and hold h0 in both.
@@ -941,18 +942,16 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
             p.dh_out[(row0 + b) * P + c] = v;
           }
         bar.wait();
-        for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-          with_rows<MR>(static_cast<int>(std::min<int64_t>(MR, rows - r0)), [&](auto m) {
-            constexpr int M = decltype(m)::value;
-            const acc_t* arows[M];
-            for (int r = 0; r < M; ++r) arows[r] = dht.data() + (r0 + r) * P;
-            for (int64_t blk = ub0; blk < ub1; ++blk) {
-              V acc[M][1] = {};
-              mac_tile<M, 1>(P, arows, wr.data() + blk * U, Hp, acc);
-              for (int r = 0; r < M; ++r) storeu(dhp.data() + (r0 + r) * Hp + blk * U, acc[r][0]);
-            }
-          });
-        }
+        for_row_tiles<MR>(rows, [&](int64_t r0, auto m) {
+          constexpr int M = decltype(m)::value;
+          const acc_t* arows[M];
+          for (int r = 0; r < M; ++r) arows[r] = dht.data() + (r0 + r) * P;
+          for (int64_t blk = ub0; blk < ub1; ++blk) {
+            V acc[M][1] = {};
+            mac_tile<M, 1>(P, arows, wr.data() + blk * U, Hp, acc);
+            for (int r = 0; r < M; ++r) storeu(dhp.data() + (r0 + r) * Hp + blk * U, acc[r][0]);
+          }
+        });
       }
       // The cell backward of this thread's units.
       for (int64_t b = 0; b < rows; ++b) {
@@ -978,7 +977,7 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
           store_n(dg + 3 * H + j, dhv * tc * o * (acc_t(1) - o), n);
         }
       }
-        bar.wait();
+      bar.wait();
       // dh_{t-1} = dgates_t W_hh for this thread's columns; the h each row read, for dW_hh.
       for (int64_t b = 0; b < rows; ++b) {
         const int64_t row = row0 + b, tp = steps.prev(t, b, p.reverse);
@@ -990,34 +989,32 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
       // 8 MB at H = 1024 and came from L3 once per row tile.
       for (int64_t k0 = 0; k0 < G; k0 += kc) {
         const int64_t kn = std::min(kc, G - k0);
-        for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-          with_rows<MR>(static_cast<int>(std::min<int64_t>(MR, rows - r0)), [&](auto m) {
-            constexpr int M = decltype(m)::value;
-            const acc_t* arows[M];
-            for (int r = 0; r < M; ++r) arows[r] = p.dgates + (row0 + r0 + r) * G + k0;
-            // Four column blocks per register tile where there are four (4 loads feed up to 16
-            // FMAs), then one at a time.
-            const auto columns = [&](auto nv, int64_t pb) {
-              constexpr int NV = decltype(nv)::value;
-              V acc[M][NV];  // set lane by lane: a zero-initialized array became a rep stos
+        for_row_tiles<MR>(rows, [&](int64_t r0, auto m) {
+          constexpr int M = decltype(m)::value;
+          const acc_t* arows[M];
+          for (int r = 0; r < M; ++r) arows[r] = p.dgates + (row0 + r0 + r) * G + k0;
+          // Four column blocks per register tile where there are four (4 loads feed up to 16
+          // FMAs), then one at a time.
+          const auto columns = [&](auto nv, int64_t pb) {
+            constexpr int NV = decltype(nv)::value;
+            V acc[M][NV];  // set lane by lane: a zero-initialized array became a rep stos
 #pragma GCC unroll 4
-              for (int v = 0; v < NV; ++v) {
-                const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
+            for (int v = 0; v < NV; ++v) {
+              const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
 #pragma GCC unroll 4
-                for (int r = 0; r < M; ++r)
-                  acc[r][v] = k0 > 0 ? load_n<V>(dh.data() + (r0 + r) * P + (pb + v) * U, nc) : V{};
-              }
-              mac_tile<M, NV>(kn, arows, whp + k0 * Pp + pb * U, Pp, acc);
-              for (int v = 0; v < NV; ++v) {
-                const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
-                for (int r = 0; r < M; ++r) store_n(dh.data() + (r0 + r) * P + (pb + v) * U, acc[r][v], nc);
-              }
-            };
-            int64_t pb = pb0;
-            for (; pb + 4 <= pb1; pb += 4) columns(std::integral_constant<int, 4>{}, pb);
-            for (; pb < pb1; ++pb) columns(std::integral_constant<int, 1>{}, pb);
-          });
-        }
+              for (int r = 0; r < M; ++r)
+                acc[r][v] = k0 > 0 ? load_n<V>(dh.data() + (r0 + r) * P + (pb + v) * U, nc) : V{};
+            }
+            mac_tile<M, NV>(kn, arows, whp + k0 * Pp + pb * U, Pp, acc);
+            for (int v = 0; v < NV; ++v) {
+              const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
+              for (int r = 0; r < M; ++r) store_n(dh.data() + (r0 + r) * P + (pb + v) * U, acc[r][v], nc);
+            }
+          };
+          int64_t pb = pb0;
+          for (; pb + 4 <= pb1; pb += 4) columns(std::integral_constant<int, 4>{}, pb);
+          for (; pb < pb1; ++pb) columns(std::integral_constant<int, 1>{}, pb);
+        });
       }
         bar.wait();
     }
