@@ -51,5 +51,6 @@ def run_rank(rank, world_size, port, out_dir):
         ddp(shard).backward()
         grads = {n.removeprefix("module."): p.grad.clone() for n, p in ddp.named_parameters()}
         torch.save(grads, os.path.join(out_dir, f"grads_rank{rank}.pt"))
+        dist.barrier()  # both ranks done with every collective before either tears down
     finally:
         dist.destroy_process_group()

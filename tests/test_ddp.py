@@ -19,9 +19,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_match_single_process(tmp_path):
-    world_size = 2
-    context = mp.start_processes(ddp_worker.run_rank, args=(world_size, free_port(), str(tmp_path)),
+def run_workers(world_size, out_dir):
+    context = mp.start_processes(ddp_worker.run_rank, args=(world_size, free_port(), str(out_dir)),
                                  nprocs=world_size, join=False, start_method="spawn")
     deadline = time.monotonic() + 240
     while not context.join(timeout=5):  # raises if a worker fails
@@ -29,9 +28,28 @@ def test_ddp_two_processes_match_single_process(tmp_path):
             for p in context.processes:
                 p.kill()
             pytest.fail("DDP workers did not finish within 240 s")
+
+
+def test_ddp_two_processes_match_single_process(tmp_path):
+    """About 1 run in 40-50 on the 2-core VM, rank 0 died with SIGABRT ("terminate called without
+    an active exception") after both ranks had saved their gradients, i.e. in the teardown of the
+    gloo group or of the process (a barrier before destroy_process_group did not remove it). Such
+    a run is repeated once; any other failure, a second abort, or wrong gradients fail the test."""
+    world_size = 2
+    for attempt in range(2):
+        out = tmp_path / f"attempt{attempt}"
+        out.mkdir()
+        try:
+            run_workers(world_size, out)
+            break
+        except mp.ProcessExitedException as e:
+            saved = all((out / f"grads_rank{r}.pt").exists() for r in range(world_size))
+            if attempt == 1 or e.signal_name != "SIGABRT" or not saved:
+                raise
+            print(f"attempt {attempt}: a worker aborted after saving its gradients ({e}); again")
     expected = ddp_worker.grads_single_process()
     for rank in range(world_size):
-        grads = torch.load(tmp_path / f"grads_rank{rank}.pt")
+        grads = torch.load(out / f"grads_rank{rank}.pt")
         assert list(grads) == list(expected)
         for name, g in expected.items():
             err = (grads[name] - g).abs().max().item()
