@@ -258,6 +258,19 @@ inline void for_row_tiles(int64_t rows, F&& f) {
     with_rows<M>(static_cast<int>(std::min<int64_t>(M, rows - r0)), [&](auto m) { f(r0, m); });
 }
 
+// The projection's products, one block of U columns at a time: for cb in [c0, c1),
+// acc[r] = sum_k arows[r][k] * w[k][cb U .. cb U + U) (row stride ldw), then store(r, cb, acc[r]).
+template <int M, typename acc_t, typename F>
+inline void column_blocks(int64_t K, const acc_t* const (&arows)[M], const acc_t* w, int64_t ldw, int64_t c0,
+                          int64_t c1, F&& store) {
+  using V = typename VecOf<acc_t>::type;
+  for (int64_t cb = c0; cb < c1; ++cb) {
+    V acc[M][1] = {};
+    mac_tile<M, 1>(K, arows, w + cb * Tiling<acc_t>::U, ldw, acc);
+    for (int r = 0; r < M; ++r) store(r, cb, acc[r][0]);
+  }
+}
+
 // The barrier between steps. libgomp's costs microseconds on a small machine (it wakes waiters
 // through the kernel); this one spins on one cache line, which is what a step of a few
 // microseconds needs. OpenMP guarantees the team's threads run at once, so spinning cannot
@@ -429,6 +442,32 @@ struct Lookahead {
   static constexpr int S = 8, RV = 2, KQ = S * RV / 4;
 };
 
+// One k of a piece: pacc[i][v] += xt[k][i] * wi[k][v] for the S rows and RV gate vectors (wi: a
+// block's gate pair, packed with gv = RV).
+template <typename V, typename acc_t>
+inline void lookahead_k(V (&pacc)[Lookahead::S][Lookahead::RV], const acc_t* wi, const acc_t* xt, int64_t k) {
+  constexpr int U = Tiling<acc_t>::U, RV = Lookahead::RV, S = Lookahead::S;
+  V bv[RV];
+#pragma GCC unroll 8
+  for (int v = 0; v < RV; ++v) bv[v] = loadu<V>(wi + k * RV * U + v * U);
+#pragma GCC unroll 8
+  for (int i = 0; i < S; ++i) {
+    const V av = splat<V>(xt[k * S + i]);
+#pragma GCC unroll 8
+    for (int v = 0; v < RV; ++v) pacc[i][v] += av * bv[v];
+  }
+}
+
+// A piece's S rows by RV vectors to the ring (dst: its first vector in the chunk's slot).
+template <typename V, typename acc_t>
+inline void lookahead_store(acc_t* dst, int64_t nblk, const V (&pacc)[Lookahead::S][Lookahead::RV]) {
+  constexpr int U = Tiling<acc_t>::U, NR = Tiling<acc_t>::NR;
+#pragma GCC unroll 8
+  for (int i = 0; i < Lookahead::S; ++i)
+#pragma GCC unroll 8
+    for (int v = 0; v < Lookahead::RV; ++v) storeu(dst + i * nblk * NR + v * U, pacc[i][v]);
+}
+
 // One step of unit block blk at batch 1 (visiting step s, time t, row row0): W_hh product and cell
 // update as gate_tile<1>, with the input projection from the ring, and a piece of the next chunk's
 // from xt (that chunk's x rows, transposed: xt[k][i] for k < I, i < S).
@@ -465,24 +504,9 @@ inline void lookahead_tile(const ForwardParams<scalar_t, acc_t>& p, const Forwar
     const acc_t* hrow[1] = {hcur + h0};
     mac_tile<1, 4>(h1 - h0, hrow, wh + h0 * NR, NR, acc);
     h0 = h1;
-    if (sl < kb - ka) {
-      const int64_t k = ka + sl;
-      V bv[RV];
-#pragma GCC unroll 8
-      for (int v = 0; v < RV; ++v) bv[v] = loadu<V>(wi + k * RV * U + v * U);
-#pragma GCC unroll 8
-      for (int i = 0; i < S; ++i) {
-        const V av = splat<V>(xt[k * S + i]);
-#pragma GCC unroll 8
-        for (int v = 0; v < RV; ++v) pacc[i][v] += av * bv[v];
-      }
-    }
+    if (sl < kb - ka) lookahead_k(pacc, wi, xt, ka + sl);
   }
-  if (ahead)
-#pragma GCC unroll 8
-    for (int i = 0; i < S; ++i)
-#pragma GCC unroll 8
-      for (int v = 0; v < RV; ++v) storeu(nxt + i * nblk * NR + v * U, pacc[i][v]);
+  if (ahead) lookahead_store(nxt, nblk, pacc);
   cell_update(p, x, acc[0], 0, row0, j0, nu, t, hnext);
 }
 
@@ -502,21 +526,12 @@ inline void lookahead_rows(const ForwardParams<scalar_t, acc_t>& p, const Forwar
 template <typename acc_t>
 inline void lookahead_first(const ForwardCtx<acc_t>& x, int64_t I, int64_t blk, const acc_t* xt) {
   using V = typename VecOf<acc_t>::type;
-  using L = Lookahead;
-  constexpr int U = Tiling<acc_t>::U, NR = Tiling<acc_t>::NR, RV = L::RV, S = L::S;
-  const int64_t nblk = x.Hp / U;
+  constexpr int U = Tiling<acc_t>::U, NR = Tiling<acc_t>::NR, RV = Lookahead::RV;
   for (int half = 0; half < 4 / RV; ++half) {
-    V pacc[S][RV] = {};
+    V pacc[Lookahead::S][RV] = {};
     const acc_t* wi = x.wi + blk * I * NR + half * I * RV * U;
-    for (int64_t k = 0; k < I; ++k)
-#pragma GCC unroll 8
-      for (int i = 0; i < S; ++i)
-#pragma GCC unroll 8
-        for (int v = 0; v < RV; ++v) pacc[i][v] += splat<V>(xt[k * S + i]) * loadu<V>(wi + k * RV * U + v * U);
-#pragma GCC unroll 8
-    for (int i = 0; i < S; ++i)
-#pragma GCC unroll 8
-      for (int v = 0; v < RV; ++v) storeu(x.ring + i * nblk * NR + blk * NR + (half * RV + v) * U, pacc[i][v]);
+    for (int64_t k = 0; k < I; ++k) lookahead_k(pacc, wi, xt, k);
+    lookahead_store(x.ring + blk * NR + half * RV * U, x.Hp / U, pacc);
   }
 }
 
@@ -862,17 +877,13 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
           constexpr int M = decltype(m)::value;
           const acc_t* arows[M];
           for (int r = 0; r < M; ++r) arows[r] = hpre.data() + (r0 + r) * Hp;
-          for (int64_t pb = pb0; pb < pb1; ++pb) {
-            V acc[M][1] = {};
-            mac_tile<M, 1>(H, arows, wr.get() + pb * U, Pp, acc);
+          column_blocks(H, arows, wr.get(), Pp, pb0, pb1, [&](int r, int64_t pb, V h) {
             const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
-            for (int r = 0; r < M; ++r) {
-              const int64_t b = r0 + r, row = row0 + b;
-              store_n(hnext + b * P + pb * U, acc[r][0], nc);
-              store_n(p.y + row * P + pb * U, acc[r][0], nc);
-              if (steps.last(t, b, p.reverse)) store_n(p.h_n + b * P + pb * U, acc[r][0], nc);
-            }
-          }
+            const int64_t b = r0 + r, row = row0 + b;
+            store_n(hnext + b * P + pb * U, h, nc);
+            store_n(p.y + row * P + pb * U, h, nc);
+            if (steps.last(t, b, p.reverse)) store_n(p.h_n + b * P + pb * U, h, nc);
+          });
         });
       }
       // Rows idle at this step need no copy across the buffers: with the forward direction they
@@ -946,11 +957,8 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
           constexpr int M = decltype(m)::value;
           const acc_t* arows[M];
           for (int r = 0; r < M; ++r) arows[r] = dht.data() + (r0 + r) * P;
-          for (int64_t blk = ub0; blk < ub1; ++blk) {
-            V acc[M][1] = {};
-            mac_tile<M, 1>(P, arows, wr.data() + blk * U, Hp, acc);
-            for (int r = 0; r < M; ++r) storeu(dhp.data() + (r0 + r) * Hp + blk * U, acc[r][0]);
-          }
+          column_blocks(P, arows, wr.data(), Hp, ub0, ub1,
+                        [&](int r, int64_t blk, V dh) { storeu(dhp.data() + (r0 + r) * Hp + blk * U, dh); });
         });
       }
       // The cell backward of this thread's units.
