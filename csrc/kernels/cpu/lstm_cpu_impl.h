@@ -1042,8 +1042,8 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
       // dh_{t-1} = dgates_t W_hh for this thread's columns; the h each row read, for dW_hh.
       for (int64_t b = 0; b < rows; ++b) {
         const int64_t row = row0 + b, tp = steps.prev(t, b, p.reverse);
-        for (int64_t c = p_begin; c < p_end; ++c)
-          p.h_prev[row * P + c] = tp >= 0 ? to_acc(p.y[(steps.off[tp] + b) * P + c]) : to_acc(p.h0[b * P + c]);
+        const scalar_t* src = tp >= 0 ? p.y + (steps.off[tp] + b) * P : p.h0 + b * P;
+        for (int64_t c = p_begin; c < p_end; ++c) p.h_prev[row * P + c] = to_acc(src[c]);
       }
       // In panels of kc rows of W_hh (all row tiles per panel, partial sums kept in dh), so that
       // this thread's columns of a panel stay in L2 while every row tile passes: whole, they are
