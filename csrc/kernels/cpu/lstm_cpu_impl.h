@@ -947,6 +947,11 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
 }
 
 constexpr int64_t kBwdPanelBytes = int64_t{512} << 10;
+// Read in place, a k step of the dh product jumps a whole row of W_hh; with few row tiles the
+// panel's first pass from L3 is most of its reads. Packed against in place, training, 2 threads:
+// B1 T16 H1024 0.90x of the time, B8 T32 H1024 0.89x, B16 T32 H1024 0.93x, B4 T16 H512 0.96x,
+// B8 / B16 T64 H512 0.97x; but B32 T32 H1024 0.975x, B32 T64 H512 1.02x, B128 T32 H512 1.02x.
+constexpr int64_t kBwdPackMaxRows = 16;
 
 // f(nv, pb) over the column blocks [pb0, pb1) of the backward's dh product, in the groups its
 // register tiles take: four blocks (4 loads feed up to 16 FMAs), then one at a time.
@@ -984,12 +989,11 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
   const bool proj = p.w_hr != nullptr;
   const Steps steps(p.batch_sizes, T, B);
 
-  // W_hh ([4H, P]) for dh_{t-1} = dgates_t W_hh: packed by column groups (pack_column_groups) from
-  // kPackMinSteps steps on, so that a register tile's k loop is one contiguous stream (read in
-  // place, a k step jumped a whole row of W_hh: training B8 T32 H1024 took 1.13x the time, B8 T64
-  // H512 1.03x, B1 T16 H1024 1.11x; H = 256 the same); for shorter sequences as it is, columns
-  // padded to Pp, read in place when it is already in acc_t with no padding.
-  const bool pack = T >= kPackMinSteps;
+  // W_hh ([4H, P]) for dh_{t-1} = dgates_t W_hh: packed by column groups (pack_column_groups) for
+  // sequences of kPackMinSteps steps or more and at most kBwdPackMaxRows rows, so that a register
+  // tile's k loop is one contiguous stream; otherwise as it is, columns padded to Pp, read in
+  // place when it is already in acc_t with no padding.
+  const bool pack = T >= kPackMinSteps && B <= kBwdPackMaxRows;
   Buffer<acc_t> wb = aligned_buffer<acc_t>(pack ? G * Pp : 0);
   const acc_t* whp = nullptr;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
