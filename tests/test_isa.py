@@ -20,15 +20,17 @@ assert lstm_fused.cpu_isa() == sys.argv[1], (lstm_fused.cpu_isa(), sys.argv[1])
 torch.manual_seed(0)
 worst = 0.0
 for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-5)):
-    for B, H, P, packed in ((1, 7, 0, False), (3, 20, 0, True), (9, 37, 0, False), (6, 33, 19, True), (5, 16, 8, False)):
+    # T >= 16 with at most 16 rows: the forward packs W_hh, the backward packs it by column groups.
+    for B, H, P, packed, T in ((1, 7, 0, False, 6), (3, 20, 0, True, 8), (9, 37, 0, False, 6), (6, 33, 19, True, 8),
+                               (5, 16, 8, False, 6), (3, 21, 0, False, 20), (2, 18, 5, False, 17)):
         ref = torch.nn.LSTM(11, H, num_layers=2, bidirectional=True, proj_size=P, dtype=dtype)
         ours = lstm_fused.LSTM(11, H, num_layers=2, bidirectional=True, proj_size=P, dtype=dtype)
         ours.load_state_dict(ref.state_dict())
         if packed:
-            seqs = [torch.randn(int(n), 11, dtype=dtype) for n in torch.randint(1, 9, (B,))]
+            seqs = [torch.randn(int(n), 11, dtype=dtype) for n in torch.randint(1, T + 1, (B,))]
             inp = pack_sequence(seqs, enforce_sorted=False)
         else:
-            inp = torch.randn(6, B, 11, dtype=dtype, requires_grad=True)
+            inp = torch.randn(T, B, 11, dtype=dtype, requires_grad=True)
         res = []
         for m in (ref, ours):
             y, (h, c) = m(inp)
