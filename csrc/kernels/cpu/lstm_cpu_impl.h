@@ -989,22 +989,15 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
   const bool proj = p.w_hr != nullptr;
   const Steps steps(p.batch_sizes, T, B);
 
-  // W_hh ([4H, P]) for dh_{t-1} = dgates_t W_hh: packed by column groups (pack_column_groups) for
-  // sequences of kPackMinSteps steps or more and at most kBwdPackMaxRows rows, so that a register
-  // tile's k loop is one contiguous stream; otherwise as it is, columns padded to Pp, read in
-  // place when it is already in acc_t with no padding.
-  const bool pack = T >= kPackMinSteps && B <= kBwdPackMaxRows;
-  Buffer<acc_t> wb = aligned_buffer<acc_t>(pack ? G * Pp : 0);
-  const acc_t* whp = nullptr;
+  // W_hh ([4H, P]) for dh_{t-1} = dgates_t W_hh: read in place when it is in acc_t with no column
+  // padding, unless the sequence has kPackMinSteps steps or more and at most kBwdPackMaxRows
+  // rows; otherwise packed by column groups (pack_column_groups), so that a register tile's k
+  // loop is one contiguous stream.
+  const acc_t* whp = nullptr;  // W_hh in place, or nullptr: packed into wb
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (P == Pp) whp = p.w_hh;
+    if (P == Pp && !(T >= kPackMinSteps && B <= kBwdPackMaxRows)) whp = p.w_hh;
   }
-  std::vector<acc_t> wh(whp || pack ? 0 : G * Pp, acc_t(0));
-  if (!whp && !pack) {
-    for (int64_t k = 0; k < G; ++k)
-      for (int64_t c = 0; c < P; ++c) wh[k * Pp + c] = to_acc(p.w_hh[k * P + c]);
-    whp = wh.data();
-  }
+  Buffer<acc_t> wb = aligned_buffer<acc_t>(whp ? 0 : G * Pp);
   // W_hr as it is ([P, H]), padded to Hp: d(o*tanh(c)) = dh W_hr.
   std::vector<acc_t> wr(proj ? P * Hp : 0, acc_t(0));
   if (proj)
@@ -1028,7 +1021,7 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
     split_range(Pp / U, tid, nt, &pb0, &pb1);
     const int64_t j_begin = ub0 * U, j_end = std::min(H, ub1 * U);
     const int64_t p_begin = pb0 * U, p_end = std::min(P, pb1 * U);
-    if (pack) pack_column_groups(p.w_hh, G, P, pb0, pb1, wb.get());
+    if (!whp) pack_column_groups(p.w_hh, G, P, pb0, pb1, wb.get());
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = p.reverse ? s : T - 1 - s;
       const int64_t rows = steps.rows(t), row0 = steps.off[t];
@@ -1101,11 +1094,8 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
               for (int r = 0; r < M; ++r)
                 acc[r][v] = k0 > 0 ? load_n<V>(dh.data() + (r0 + r) * P + (pb + v) * U, nc) : V{};
             }
-            if (pack) {
-              mac_tile<M, NV>(kn, arows, wb.get() + pb * U * G + k0 * NV * U, NV * U, acc);
-            } else {
-              mac_tile<M, NV>(kn, arows, whp + k0 * Pp + pb * U, Pp, acc);
-            }
+            const acc_t* w = whp ? whp + k0 * Pp + pb * U : wb.get() + pb * U * G + k0 * NV * U;
+            mac_tile<M, NV>(kn, arows, w, whp ? Pp : NV * U, acc);
             for (int v = 0; v < NV; ++v) {
               const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
               for (int r = 0; r < M; ++r) store_n(dh.data() + (r0 + r) * P + (pb + v) * U, acc[r][v], nc);
