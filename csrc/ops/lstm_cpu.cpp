@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   const bool fuse_input = !save && s.B <= 4 && s.T <= 4;
   // One step of a batch too large for the kernel's in-place path: its recurrent product is one
   // more GEMM added to the gates, so W_hh is not packed for a single use (16 MB at H = 1024).
-  const bool step_gemm = s.T == 1 && !fuse_input && x.scalar_type() == acc && !cpu::small_batch_path(s.T, s.B);
+  const bool step_gemm = s.T == 1 && !fuse_input && x.scalar_type() == acc && !cpu::small_batch_path(s.T, s.B, s.H, s.P, at::elementSize(acc));
   // fp32/fp64 on the register tiles, where they can take it: the tiles multiply x_t by W_ih^T
   // beside h_{t-1} by W_hh^T (at batch 1, a chunk of steps ahead), in place of a GEMM over the
   // whole sequence and its [N, 4H] buffer.
@@ -61,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
                           cpu::tiles_take_input(s.T, s.B, s.I, s.H, s.P, at::elementSize(acc));
   // bf16 inference on AVX512-BF16 tiles: they read the GEMM's bf16 output as it is.
   const bool gates_lp = !save && !fuse_input && x.scalar_type() == at::kBFloat16 &&
-                        cpu::bf16_tiles_used(s.T, s.B, w_hr.has_value());
+                        cpu::bf16_tiles_used(s.T, s.B, s.H, s.P, w_hr.has_value());
   // Inference where the gate buffer of the whole sequence would be large and W_hh small: the
   // input projection and the recurrence run in time chunks whose gates stay in cache (whole, the
   // GEMM is bound by writing the buffer to memory: B=128, T=1024, H=32 writes 67 MB).

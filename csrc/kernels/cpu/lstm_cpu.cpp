@@ -49,7 +49,9 @@ const char* isa_name() {
   }
 }
 
-bool small_batch_path(int64_t T, int64_t B) { return avx512::small_batch_path(T, B); }  // same rule in every copy
+bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_bytes) {
+  return avx512::small_batch_path(T, B, H, P, acc_bytes);  // same rule in every copy
+}
 
 bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes) {
   switch (isa()) {
@@ -59,8 +61,8 @@ bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int
   }
 }
 
-bool bf16_tiles_used(int64_t T, int64_t B, bool proj) {
-  return isa() == Isa::kAvx512 && avx512::cpu_has_bf16_dot() && !proj && !avx512::small_batch_path(T, B);
+bool bf16_tiles_used(int64_t T, int64_t B, int64_t H, int64_t P, bool proj) {
+  return isa() == Isa::kAvx512 && avx512::cpu_has_bf16_dot() && !proj && !small_batch_path(T, B, H, P, sizeof(float));
 }
 
 template <typename scalar_t, typename acc_t>

@@ -27,11 +27,11 @@ void lstm_backward(const BackwardParams<scalar_t, acc_t>& params);
 
 // Whether lstm_forward<bf16_t> runs its AVX512-BF16 tiles for these sizes (those read
 // ForwardParams::gates_lp when it is set).
-bool bf16_tiles_used(int64_t T, int64_t B, bool proj);
+bool bf16_tiles_used(int64_t T, int64_t B, int64_t H, int64_t P, bool proj);
 
 // Whether lstm_forward reads W_hh in place for these sizes (small batches over few steps, one
-// step of up to 32 rows) rather than packing it.
-bool small_batch_path(int64_t T, int64_t B);
+// step of up to 32 rows) rather than packing it (acc_bytes: the size of acc_t).
+bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_bytes);
 
 // Whether lstm_forward's register tiles can take the input projection for these sizes (fp32 and
 // fp64, acc_bytes the size of acc_t): then the caller passes ForwardParams::x and no gates.

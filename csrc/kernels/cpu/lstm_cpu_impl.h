@@ -551,31 +551,23 @@ inline V load_w(const scalar_t* w) {
   }
 }
 
-// Below this many steps a small batch reads W_hh in place rather than packing it.
+// Below this many steps a small batch reads W_hh in place rather than packing it; from
+// kPackMinStepsSmall steps when W_hh is at most kPackSmallBytes (in acc_t). Packed against in
+// place (with one sum vector per gate, fold_rows) at T = 5..15, B = 1..4: H <= 128 0.47-0.83x of
+// the time (B = 2 0.9-1.0x), H = 256 1.02-1.24x; at T = 16, H = 256..512 0.98-1.13x.
 constexpr int64_t kPackMinSteps = 16;
+constexpr int64_t kPackMinStepsSmall = 5;
+constexpr int64_t kPackSmallBytes = int64_t{256} << 10;
 
-// Sum of the lanes by halving: log2(U) shuffles and adds (constant masks), not U serial adds.
-typedef int64_t vlong __attribute__((vector_size(LSTM_VEC_BYTES)));
-template <typename V> struct MaskOf;
-template <> struct MaskOf<vfloat> { using type = vint; };
-template <> struct MaskOf<vdouble> { using type = vlong; };
-template <int W, typename V>
-inline V fold_lanes(V v) {
-  if constexpr (W == 0) {
-    return v;
-  } else {
-    constexpr int L = sizeof(V) / sizeof(v[0]);
-    typename MaskOf<V>::type m;
-    for (int i = 0; i < L; ++i) m[i] = (i + W) % L;
-    return fold_lanes<W / 2>(v + __builtin_shuffle(v, m));
-  }
-}
 // Small batches over few steps read W_hh in place (gemv_block, up to 4 rows at a time) instead
 // of packing it; so does a single step of up to 32 rows: packing W_hh cost several times the step
 // (B=8, T=1, H=1024: 15.1 ms packed, 2.2 ms in place), and the later groups of 4 rows find the
 // block's slice of W_hh in L2.
 constexpr int64_t kGemvRows = 4;
-bool small_batch_path(int64_t T, int64_t B) { return (B <= 4 && T < kPackMinSteps) || (B <= 32 && T == 1); }
+bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_bytes) {
+  const int64_t min_steps = 4 * H * P * acc_bytes <= kPackSmallBytes ? kPackMinStepsSmall : kPackMinSteps;
+  return (B <= 4 && T < min_steps) || (B <= 32 && T == 1);
+}
 
 // The tiles take the input projection (x_t W_ih^T beside h_{t-1} W_hh^T, no GEMM over the
 // sequence) when the first step fills its register tiles (a last tile of one or two rows does
@@ -594,12 +586,7 @@ bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int
   const int64_t weight_bytes = (I + P) * 4 * H * acc_bytes;
   const bool full_tiles = B >= MR && (B % MR == 0 || B % MR == MR - 1 || B >= 2 * MR);
   const bool lookahead = B == 1 && MR == 4 && weight_bytes <= kLookaheadWeightBytes;
-  return !small_batch_path(T, B) && ((full_tiles && weight_bytes <= kTileInputWeightBytes) || lookahead);
-}
-
-template <typename V>
-inline auto hsum(V v) {
-  return fold_lanes<static_cast<int>(sizeof(V) / sizeof(v[0])) / 2>(v)[0];
+  return !small_batch_path(T, B, H, P, acc_bytes) && ((full_tiles && weight_bytes <= kTileInputWeightBytes) || lookahead);
 }
 
 // One round of an in-register transpose of U x U: for rows a = r[i] and b = r[i + S] (i & S == 0),
@@ -645,42 +632,85 @@ inline void transpose_tile(const scalar_t* src, int64_t lds, acc_t* dst, int64_t
   }
 }
 
-// s[r][b] += w_r . rows[b] over K elements, for NW weight rows (w_r = w + r * ldw) and NB rows at
-// once, in vector lanes (the part past the last full vector goes to tail[r][b]); w and rows in
-// any of our dtypes. Each vector loaded feeds NB or NW products. The caller sums the lanes once
-// after all its products.
-template <int NW, int NB, typename V, typename wt_t, typename rt_t, typename acc_t>
-inline void dot_rows(const wt_t* w, int64_t ldw, const rt_t* const (&rows)[NB], int64_t K, V (&s)[NW][NB],
-                     acc_t (&tail)[NW][NB]) {
-  constexpr int U = sizeof(V) / sizeof(acc_t);
-  const int64_t kfull = K / U * U;
-  for (int64_t k = 0; k < kfull; k += U) {
+// One round of fold_rows: lane l of the result takes block l / S of a (l < U / 2) or of b (the
+// blocks hold 2S partial sums of one row each) and adds its two halves.
+template <int S, typename V, size_t... L>
+inline V fold_pair(V a, V b, std::index_sequence<L...>) {
+  constexpr int N = sizeof...(L), M = N / 2;
+  return __builtin_shufflevector(a, b, ((L < M ? 0 : N) + (L % M) / S * 2 * S + L % S)...) +
+         __builtin_shufflevector(a, b, ((L < M ? 0 : N) + (L % M) / S * 2 * S + L % S + S)...);
+}
+// Lane u of the result = the sum of r[u]'s lanes (N = U vectors in the first round): log2(U)
+// rounds, U - 1 pairs of two shuffles and an add, where a sum per vector took 2 log2(U) + 1 ops
+// and a scalar store.
+template <int U, int S, typename V, int N>
+inline V fold_rows(const V (&r)[N]) {
+  if constexpr (N == 1) {
+    return r[0];
+  } else {
+    V h[N / 2];
+#pragma GCC unroll 16
+    for (int i = 0; i < N / 2; ++i) h[i] = fold_pair<S>(r[2 * i], r[2 * i + 1], std::make_index_sequence<U>{});
+    return fold_rows<U, S / 2>(h);
+  }
+}
+
+// s[r][b] += w_r * rows[b] in lanes over K elements, for NW weight rows w_r = w + min(r, nw - 1) *
+// ldw (rows past nw repeat the last: the caller drops their lanes) and NB rows at once; w and rows
+// in any of our dtypes. Each k loads NW + NB vectors for NW NB products.
+template <int NW, int NB, typename V, typename wt_t, typename rt_t>
+inline void dot_rows(const wt_t* w, int64_t ldw, int nw, const rt_t* const (&rows)[NB], int64_t K, V (&s)[NW][NB]) {
+  constexpr int U = sizeof(V) / sizeof(s[0][0][0]);
+  const wt_t* wr[NW];
+  for (int r = 0; r < NW; ++r) wr[r] = w + std::min(r, nw - 1) * ldw;
+  int64_t k = 0;
+  for (; k + U <= K; k += U) {
     V rv[NB];
+#pragma GCC unroll 16
     for (int b = 0; b < NB; ++b) rv[b] = load_w<V>(rows[b] + k);
+#pragma GCC unroll 16
     for (int r = 0; r < NW; ++r) {
-      const V wv = load_w<V>(w + r * ldw + k);
+      const V wv = load_w<V>(wr[r] + k);
+#pragma GCC unroll 16
       for (int b = 0; b < NB; ++b) s[r][b] += wv * rv[b];
     }
   }
-  for (int r = 0; r < NW; ++r)
-    for (int b = 0; b < NB; ++b)
-      for (int64_t k = kfull; k < K; ++k) tail[r][b] += to_acc(w[r * ldw + k]) * to_acc(rows[b][k]);
+  if (k < K) {  // the last K mod U elements, zeros after
+    const int n = static_cast<int>(K - k);
+    V rv[NB];
+    for (int b = 0; b < NB; ++b) rv[b] = load_any_n<V>(rows[b] + k, n);
+    for (int r = 0; r < NW; ++r) {
+      const V wv = load_any_n<V>(wr[r] + k, n);
+      for (int b = 0; b < NB; ++b) s[r][b] += wv * rv[b];
+    }
+  }
+}
+
+// The first n lanes of v, zeros after.
+template <typename V>
+inline V first_lanes(V v, int n) {
+  constexpr int U = sizeof(V) / sizeof(v[0]);
+  for (int i = n; i < U; ++i) v[i] = 0;
+  return v;
 }
 
 // The small-batch path (NB <= 4 rows): dot products along the rows of W_hh as it lies in memory,
 // so nothing is packed per call (for a few steps at batch 1 the packing would cost more than
 // the steps). With p.x set, the input projection is done here too. One block of U units, all
-// four gates, then the same cell update. NW = 4 / NB weight rows at a time, so that at batch 1
-// one load of h feeds four products (half the loads; a streaming step is still bound by reading
-// its 384 KB of weights from L2).
+// four gates, then the same cell update. The U sums of a gate's dot products come out of
+// fold_rows as one vector; against a lane sum and a scalar store per dot product (with 4 / NB
+// weight rows per pass): B4 T8 H128 0.83x of the time, B32 T1 H1024 0.76x, B8 T1 H128 0.93x,
+// batch 1 0.93-0.99x (2 threads; 1 thread alike).
 template <int NB, typename scalar_t, typename acc_t>
 inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
                        int64_t row0, int64_t r0, int64_t t, const acc_t* hcur, acc_t* hnext) {
   using V = typename VecOf<acc_t>::type;
   constexpr int U = Tiling<acc_t>::U;
-  constexpr int NW = NB >= 3 ? 1 : 4 / NB;
   const int64_t H = x.H, P = x.P, j0 = blk * U;
   const int nu = static_cast<int>(std::min<int64_t>(U, H - j0));
+  // NW weight rows by NB rows per pass (16 accumulators with AVX-512); each pass's sums folded
+  // to one vector of NW blocks, whose U / NW vectors the last rounds fold to the U units' sums.
+  constexpr int NW = NB == 1 ? U : NB == 2 ? U / 2 : U / 4 > 0 ? U / 4 : 1;
   const acc_t* hrows[NB];
   const scalar_t* xrows[NB];
   for (int b = 0; b < NB; ++b) {
@@ -689,30 +719,34 @@ inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx
   }
   V pre[NB][4];
   for (int g = 0; g < 4; ++g) {
-    acc_t lane[NB][U] = {};
-    const auto units = [&](auto nw, int u0) {
-      constexpr int W = decltype(nw)::value;
-      const int64_t wrow = g * H + j0 + u0;
-      V s[W][NB] = {};
-      acc_t tail[W][NB] = {};
-      dot_rows<W, NB>(p.w_hh + wrow * P, P, hrows, P, s, tail);
-      if (p.x) dot_rows<W, NB>(p.w_ih + wrow * p.I, p.I, xrows, p.I, s, tail);  // same lanes: one sum per row
-      for (int r = 0; r < W; ++r) {
-        acc_t add[NB];
-        if (p.x) {
-          const acc_t bias = (p.b_ih ? to_acc(p.b_ih[wrow + r]) : acc_t(0)) + (p.b_hh ? to_acc(p.b_hh[wrow + r]) : acc_t(0));
-          for (int b = 0; b < NB; ++b) add[b] = bias;
-        } else {
-          const acc_t bias = p.bias ? p.bias[wrow + r] : acc_t(0);
-          for (int b = 0; b < NB; ++b) add[b] = p.gates[(row0 + r0 + b) * x.G + wrow + r] + bias;
-        }
-        for (int b = 0; b < NB; ++b) lane[b][u0 + r] = hsum(s[r][b]) + tail[r][b] + add[b];
+    const int64_t wrow = g * H + j0;
+    V part[NB][U / NW];
+    for (int u0 = 0; u0 < U; u0 += NW) {
+      V s[NW][NB] = {};
+      const int nw = nu - u0;
+      if (nw <= 0) {  // all padding
+        for (int b = 0; b < NB; ++b) part[b][u0 / NW] = V{};
+        continue;
       }
-    };
-    int u = 0;
-    for (; u + NW <= nu; u += NW) units(std::integral_constant<int, NW>{}, u);
-    for (; u < nu; ++u) units(std::integral_constant<int, 1>{}, u);
-    for (int b = 0; b < NB; ++b) pre[b][g] = loadu<V>(lane[b]);
+      dot_rows(p.w_hh + (wrow + u0) * P, P, nw, hrows, P, s);
+      if (p.x) dot_rows(p.w_ih + (wrow + u0) * p.I, p.I, nw, xrows, p.I, s);
+      for (int b = 0; b < NB; ++b) {
+        V col[NW];
+        for (int r = 0; r < NW; ++r) col[r] = s[r][b];
+        part[b][u0 / NW] = fold_rows<U, U / 2>(col);
+      }
+    }
+    V bias{};
+    if (p.x) {
+      if (p.b_ih) bias += load_any_n<V>(p.b_ih + wrow, nu);
+      if (p.b_hh) bias += load_any_n<V>(p.b_hh + wrow, nu);
+    } else if (p.bias) {
+      bias = load_n<V>(p.bias + wrow, nu);
+    }
+    for (int b = 0; b < NB; ++b) {
+      const V add = p.x ? bias : load_n<V>(p.gates + (row0 + r0 + b) * x.G + wrow, nu) + bias;
+      pre[b][g] = first_lanes(fold_rows<U, U / NW / 2>(part[b]) + add, nu);
+    }
   }
   for (int b = 0; b < NB; ++b) cell_update(p, x, pre[b], r0 + b, row0 + r0 + b, j0, nu, t, hnext);
 }
@@ -835,7 +869,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
 
   // The small-batch path reads W_hh in place; the tiles read it packed (pack_gate_weight), the
   // AVX512-BF16 tiles in bf16 pairs (pack_w_hh_bf16).
-  const bool gemv = small_batch_path(T, B);
+  const bool gemv = small_batch_path(T, B, H, P, sizeof(acc_t));
 #ifdef LSTM_BF16_DOT
   // The AVX512-BF16 path (see gate_tile_bf16): bf16 weights and h; no projection.
   bool dot = false;

@@ -29,7 +29,7 @@
   template <typename scalar_t, typename acc_t>                                         \
   void backward(const BackwardParams<scalar_t, acc_t>& p);                             \
   bool cpu_has_bf16_dot();                                                             \
-  bool small_batch_path(int64_t T, int64_t B);                                         \
+  bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_bytes); \
   bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,         \
                         int64_t acc_bytes);                                            \
   }                                                                                    \
