@@ -127,6 +127,8 @@ def cpu_spread() -> list[Case]:
         Case(B=1, T=1, I=256, H=256),
         Case(B=1, T=1, I=64, H=128, stream_calls=200, no_grad=True),
         Case(B=4, T=64, I=64, H=64),
+        Case(B=4, T=8, I=128, H=128),
+        Case(B=8, T=1, I=512, H=512),
         Case(B=8, T=128, I=512, H=512),
         Case(B=64, T=50, I=128, H=128),
         Case(B=128, T=32, I=256, H=256),

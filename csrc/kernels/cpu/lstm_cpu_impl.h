@@ -640,9 +640,10 @@ inline V fold_pair(V a, V b, std::index_sequence<L...>) {
   return __builtin_shufflevector(a, b, ((L < M ? 0 : N) + (L % M) / S * 2 * S + L % S)...) +
          __builtin_shufflevector(a, b, ((L < M ? 0 : N) + (L % M) / S * 2 * S + L % S + S)...);
 }
-// Lane u of the result = the sum of r[u]'s lanes (N = U vectors in the first round): log2(U)
-// rounds, U - 1 pairs of two shuffles and an add, where a sum per vector took 2 log2(U) + 1 ops
-// and a scalar store.
+// Folds N vectors, each holding the partial sums of U / (2S) rows in blocks of 2S lanes, into one
+// holding all N U / (2S) rows in order, in blocks of 2S / N lanes: from r[u] = the U lanes of row
+// u (S = U / 2, N = U), lane u of the result is the sum of r[u]. log2(N) rounds, N - 1 pairs of
+// two shuffles and an add, where a sum per vector took 2 log2(U) + 1 ops and a scalar store.
 template <int U, int S, typename V, int N>
 inline V fold_rows(const V (&r)[N]) {
   if constexpr (N == 1) {
