@@ -632,8 +632,8 @@ inline void transpose_tile(const scalar_t* src, int64_t lds, acc_t* dst, int64_t
   }
 }
 
-// One round of fold_rows: lane l of the result takes block l / S of a (l < U / 2) or of b (the
-// blocks hold 2S partial sums of one row each) and adds its two halves.
+// One round of fold_rows: lane l of the result takes, from a (l < U / 2) or b (l >= U / 2), block
+// (l mod U / 2) / S (blocks of 2S lanes, the partial sums of one row each) and adds its halves.
 template <int S, typename V, size_t... L>
 inline V fold_pair(V a, V b, std::index_sequence<L...>) {
   constexpr int N = sizeof...(L), M = N / 2;
