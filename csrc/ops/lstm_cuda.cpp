@@ -94,11 +94,17 @@ Tensor device_offsets(const std::vector<int64_t>& off, const at::Device& dev) {
   return pinned.to(dev, at::kLong, /*non_blocking=*/true);
 }
 
-// [N, 4H] in the accumulation dtype: x W_ih^T + b_ih + b_hh. Half types multiply on the tensor
-// cores in their own dtype (fp32 accumulation inside cuBLAS) and add the biases in fp32.
+// [N, 4H] in the accumulation dtype: x W_ih^T, plus b_ih + b_hh when `add_bias` (the persistent
+// and cluster kernels add the biases themselves: one op instead of up to five, each ~20 us of host
+// time on the H100 machine, which bounds single-step calls). Half types multiply on the tensor
+// cores in their own dtype with fp32 accumulation and output.
 Tensor input_projection_cuda(const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih,
-                             const OptTensor& b_hh, const LayerShape& s, at::ScalarType acc) {
+                             const OptTensor& b_hh, const LayerShape& s, at::ScalarType acc,
+                             bool add_bias) {
   const Tensor x2 = x.reshape({s.N, s.I});
+  if (!add_bias) {
+    return acc == x.scalar_type() ? at::mm(x2, w_ih.t()) : at::mm(x2, w_ih.t(), acc);
+  }
   Tensor bias;
   if (b_ih) bias = b_ih->to(acc);
   if (b_hh) bias = bias.defined() ? bias + b_hh->to(acc) : b_hh->to(acc);
@@ -124,22 +130,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_cuda(
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
   const Tensor w_hr = w_hr_in ? w_hr_in->contiguous() : Tensor();
+  const Tensor b_ih_c = b_ih ? b_ih->contiguous() : Tensor(), b_hh_c = b_hh ? b_hh->contiguous() : Tensor();
   const bool proj = w_hr.defined();
 
-  Tensor gates = input_projection_cuda(x, w_ih, b_ih, b_hh, s, acc).contiguous();
-  Tensor y = at::empty(output_sizes(x, s.P), x.options());
-  Tensor h_n = at::empty({s.B, s.P}, x.options());
-  Tensor c_n = at::empty({s.B, s.H}, x.options());
-  Tensor cells = save ? at::empty({s.N, s.H}, x.options().dtype(acc)) : at::empty({0}, x.options().dtype(acc));
-  Tensor saved_gates = save ? gates : at::empty({0}, x.options().dtype(acc));
-  if (s.T == 0 || s.N == 0) {
-    h_n.copy_(h0);
-    c_n.copy_(c0);
-    return {y, h_n, c_n, saved_gates, cells};
-  }
-  const std::vector<int64_t> off = host_offsets(batch_sizes, s);
+  const bool empty_input = s.T == 0 || s.N == 0;
+  const std::vector<int64_t> off = empty_input ? std::vector<int64_t>{0, 0} : host_offsets(batch_sizes, s);
   const int64_t max_bs = off[1] - off[0];
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const Path path = forced_path();
 
   cuda::ForwardArgs a;
@@ -152,8 +148,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_cuda(
   a.save = save;
   a.tuning = env_int("LSTM_FUSED_CUDA_TUNING", a.tuning);
   a.min_units = env_int("LSTM_FUSED_CUDA_UNITS", a.min_units);
-  if (kind != Scalar::kFloat64 && path != Path::kFallback) {
+  // The kernel that runs the recurrence: the cluster kernel (half types with a small W_hh and
+  // batch, sm_90; tuning bit 8 turns it off, for comparisons), the grid-wide persistent kernel, or
+  // (grid 0) the per-step fallback below.
+  const bool kernels = !empty_input && kind != Scalar::kFloat64 && path != Path::kFallback;
+  const bool cluster = kernels && (a.tuning & 256) == 0 && cuda::forward_cluster_plan(a, kind) > 0;
+  const int grid =
+      kernels && !cluster ? cuda::forward_persistent_plan(a, kind, persistent_batch_limit(path)) : 0;
+  const bool fused_bias = cluster || grid > 0;
+
+  Tensor gates = input_projection_cuda(x, w_ih, b_ih, b_hh, s, acc, !fused_bias).contiguous();
+  Tensor y = at::empty(output_sizes(x, s.P), x.options());
+  Tensor h_n = at::empty({s.B, s.P}, x.options());
+  Tensor c_n = at::empty({s.B, s.H}, x.options());
+  Tensor cells = save ? at::empty({s.N, s.H}, x.options().dtype(acc)) : at::empty({0}, x.options().dtype(acc));
+  Tensor saved_gates = save ? gates : at::empty({0}, x.options().dtype(acc));
+  if (empty_input) {
+    h_n.copy_(h0);
+    c_n.copy_(c0);
+    return {y, h_n, c_n, saved_gates, cells};
+  }
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  if (fused_bias) {
     a.gates = gates.data_ptr<float>();
+    a.b_ih = b_ih_c.defined() ? b_ih_c.data_ptr() : nullptr;
+    a.b_hh = b_hh_c.defined() ? b_hh_c.data_ptr() : nullptr;
     a.cells = save ? cells.data_ptr<float>() : nullptr;
     a.w_hh = w_hh.data_ptr();
     a.w_hr = proj ? w_hr.data_ptr() : nullptr;
@@ -162,27 +182,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> forward_cuda(
     a.y = y.data_ptr();
     a.h_n = h_n.data_ptr();
     a.c_n = c_n.data_ptr();
-    // Half types with a small W_hh and batch: one thread-block cluster (sm_90) exchanging h in
-    // distributed shared memory; tuning bit 8 turns it off (for comparisons).
-    if ((a.tuning & 256) == 0 && cuda::forward_cluster_plan(a, kind) > 0) {
-      const Tensor offsets = batch_sizes ? device_offsets(off, x.device()) : Tensor();
-      a.offsets = offsets.defined() ? offsets.data_ptr<int64_t>() : nullptr;
+    const Tensor offsets = batch_sizes ? device_offsets(off, x.device()) : Tensor();
+    a.offsets = offsets.defined() ? offsets.data_ptr<int64_t>() : nullptr;
+    if (cluster) {
       check_launch(cuda::forward_cluster(a, kind, stream), "forward_cluster");
       return {y, h_n, c_n, saved_gates, cells};
     }
-    const int grid = cuda::forward_persistent_plan(a, kind, persistent_batch_limit(path));
-    if (grid > 0) {
-      const Tensor offsets = batch_sizes ? device_offsets(off, x.device()) : Tensor();
-      const Tensor h_pre = proj ? at::empty({2, s.B, s.H}, x.options().dtype(at::kFloat)) : Tensor();
-      // Step flags (not needed with grid.sync, the measured default of the forward).
-      const bool use_flags = (a.tuning & 3) != 2;
-      const Tensor flags = use_flags ? at::zeros({2 * grid}, x.options().dtype(at::kInt)) : Tensor();
-      a.offsets = offsets.defined() ? offsets.data_ptr<int64_t>() : nullptr;
-      a.h_pre = proj ? h_pre.data_ptr<float>() : nullptr;
-      a.flags = use_flags ? reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()) : nullptr;
-      check_launch(cuda::forward_persistent(a, kind, stream), "forward_persistent");
-      return {y, h_n, c_n, saved_gates, cells};
-    }
+    const Tensor h_pre = proj ? at::empty({2, s.B, s.H}, x.options().dtype(at::kFloat)) : Tensor();
+    // Step flags (not needed with grid.sync, the measured default of the forward).
+    const bool use_flags = (a.tuning & 3) != 2;
+    const Tensor flags = use_flags ? at::zeros({2 * grid}, x.options().dtype(at::kInt)) : Tensor();
+    a.h_pre = proj ? h_pre.data_ptr<float>() : nullptr;
+    a.flags = use_flags ? reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()) : nullptr;
+    check_launch(cuda::forward_persistent(a, kind, stream), "forward_persistent");
+    return {y, h_n, c_n, saved_gates, cells};
   }
 
   // Fallback: one cuBLAS GEMM and one pointwise kernel per step (two GEMMs with a projection).

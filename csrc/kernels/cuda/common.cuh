@@ -51,6 +51,16 @@ __device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
   return make_float4(a.x, a.y, b.x, b.y);
 }
 
+// b_ih[k] + b_hh[k] in fp32, either absent: the forward kernels add the gate biases to the input
+// projection themselves (the adapter's GEMM has no bias: one op per call instead of up to five).
+template <typename T>
+__device__ __forceinline__ float gate_bias(const ForwardArgs& a, int64_t k) {
+  float v = 0.f;
+  if (a.b_ih != nullptr) v += to_f(static_cast<const T*>(a.b_ih)[k]);
+  if (a.b_hh != nullptr) v += to_f(static_cast<const T*>(a.b_hh)[k]);
+  return v;
+}
+
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 
 // acc[w*4 + a] += sum over k of W[w][k] * A[a][k] for the 4 W rows and 4 A rows given, k in

@@ -1,28 +1,30 @@
 // The forward recurrence in one thread-block cluster (sm_90): for half types, no projection, and
-// small problems (units per block x batch rows <= 128, e.g. B <= 8 at H <= 256), W_hh spread over
-// the shared memory of C = 16 (or 8) blocks. The grid-wide kernel (forward_persistent.cu) pays a
-// grid barrier through L2 and an L2 round trip for h every step (about 4 µs on an H100, half of
-// it the barrier); inside a cluster, h travels through distributed shared memory and the step
-// ends with the hardware cluster barrier (measured ~2.8 µs per step at B=8, H=128, a fifth of it
-// the barrier's release fence waiting for the step's global stores: benchmarks/NOTES.md).
+// small problems (units per block x batch rows <= 128, or both <= 16: B <= 8 at H <= 256, B <= 16
+// at H <= 256), W_hh spread over the shared memory of C = 16 (or 8) blocks. The
+// grid-wide kernel (forward_persistent.cu) pays a grid barrier through L2 and an L2 round trip for
+// h every step (about 4 µs on an H100, half of it the barrier); inside a cluster, h travels
+// through distributed shared memory (measured ~2.6 µs per step at B=8, H=128: benchmarks/NOTES.md).
 //
 // Block `rank` owns hidden units j0 = rank*U .. j0+U-1 (U a multiple of 8; blocks past H own
-// none but take part in the barriers) with their 4 gate rows of W_hh in shared memory. Every
-// block keeps the whole h_{t-1} of the active rows in a local buffer (two, by step parity; both
-// start as h0, so a row that starts late in reverse order still finds its h0 there). Per step:
-//   gates of its units = W_hh[rows] h_{t-1} (tile_mma) + input projection; cell update (c in
-//   shared memory); h to y/h_n and to a local staging row; then the block copies its U columns of
-//   h into the other parity buffer of every block of the cluster (16-byte DSMEM stores) and the
-//   cluster barrier (release/acquire) publishes them for the next step.
-// The next step overwrites that parity buffer only after the barrier, when every block has
-// finished reading it.
+// none but wait like the others) with their 4 gate rows of W_hh in shared memory. Every block
+// keeps the whole h_{t-1} of the active rows in a local buffer (two, by step parity; both start
+// as h0, so a row that starts late in reverse order still finds its h0 there). Per step:
+//   gates of its units = W_hh[rows] h_{t-1} (tile_mma) + input projection + biases; cell update
+//   (c in shared memory); h to y/h_n and to a local staging row; then the block copies its U
+//   columns of h into the other parity buffer of every block of the cluster with st.async, whose
+//   bytes count on that buffer's mbarrier in the receiving block; the next step waits for the
+//   phase in which all senders' bytes arrived. No fence and no cluster barrier per step: a
+//   cluster barrier's release waited for the step's global stores (tuning bit 9 keeps that
+//   exchange, DSMEM stores + barrier, for comparisons).
+// A block overwrites a parity buffer of another block (at step s+2) only after it received that
+// block's h of step s+1, which the block sends after it has read the buffer (at step s+1).
 #include "common.cuh"
 
 namespace lstm_fused {
 namespace cuda {
 namespace {
 
-constexpr int64_t kMaxItems = 128;  // U * BT at most: see make_plan
+constexpr int64_t kMaxItems = 128;  // U * BT at most, or U and BT both <= 16: see make_plan
 
 struct ClusterPlan {
   int C = 0;     // blocks in the cluster (the whole grid)
@@ -31,8 +33,47 @@ struct ClusterPlan {
   int ldw = 0;   // row stride (elements) of the W_hh slice and of the h buffers
   int Mpad = 0;  // rows of the W_hh slice: 4U, padded to 16
   int BT = 0;    // rows of each h buffer: max_bs padded to 8 (<= 32)
-  int64_t off_buf = 0, off_red = 0, off_hs = 0, off_cs = 0, smem = 0;  // bytes
+  int64_t off_buf = 0, off_red = 0, off_hs = 0, off_cs = 0, off_bar = 0, smem = 0;  // bytes
 };
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// The h exchange without a cluster barrier: each block's two h buffers have an mbarrier each;
+// senders write with st.async, which counts the bytes on the receiver's mbarrier, and the receiver
+// waits for the phase in which all bytes of the step arrived.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ uint32_t cluster_addr(uint32_t local, int rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(local), "r"(rank));
+  return r;
+}
+__device__ __forceinline__ void bar_init(uint32_t bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
+}
+// One arrival (the phase's only one) that also announces the bytes the phase waits for.
+__device__ __forceinline__ void bar_arm(uint32_t bar, uint32_t bytes) {
+  asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}" ::"r"(bar),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        " selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  }
+}
+__device__ __forceinline__ void store_async16(uint32_t remote, uint4 v, uint32_t remote_bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];"
+               ::"r"(remote), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(remote_bar)
+               : "memory");
+}
+#endif
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -83,24 +124,54 @@ __global__ void __launch_bounds__(kThreads, 1)
     c_n[b * H + j] = c0[b * H + j];
     h_n[b * H + j] = h0[b * H + j];
   }
+  // The gate biases of this thread's first (row, unit) item, the same unit every step.
+  float bias_first[4] = {0.f, 0.f, 0.f, 0.f};
+  if (nu > 0) {
+#pragma unroll
+    for (int g = 0; g < 4; ++g) bias_first[g] = gate_bias<T>(a, g * H + j0 + tid % nu);
+  }
   const MmaSplit sp = mma_split(p.Mpad, p.Kp);
   const int vecs = p.U / 8;  // 16-byte vectors per row of this block's columns
+  const Steps st{a.T, a.B, a.offsets, a.reverse};
+  const bool tx = (a.tuning & 512) == 0;
+  const uint32_t bar0 = smem_addr(smem + p.off_bar);  // [2] mbarriers: buffer 0, buffer 1
+  // Bytes that reach every block's other buffer at the end of step s: each block owning units
+  // sends U columns of the rows active now and next step.
+  const int64_t senders = min64(p.C, (H + p.U - 1) / p.U);
+  auto step_bytes = [&](int64_t s) {
+    return static_cast<uint32_t>(senders * min64(st.bs(s), st.bs(s + 1)) * vecs * 16);
+  };
+  if (tx && tid == 0) {
+    bar_init(bar0);
+    bar_init(bar0 + 8);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    // The data of step 1 (sent at step 0) lands in buffer 1, that of step 2 in buffer 0.
+    if (a.T > 1) bar_arm(bar0 + 8, step_bytes(0));
+    if (a.T > 2) bar_arm(bar0, step_bytes(1));
+  }
   // No block may write into another's buffers before that block has initialized them.
   cluster.sync();
 
-  const Steps st{a.T, a.B, a.offsets, a.reverse};
   for (int64_t s = 0; s < a.T; ++s) {
     const int64_t off = st.off(s), bs = st.bs(s), nbs = st.bs(s + 1);
     const bool last_step = s == a.T - 1;
     const T* hin = buf + (s & 1) * buf_elems;
     T* hout = buf + ((s + 1) & 1) * buf_elems;
+    if (tx && s > 0) {
+      // Buffer s&1 takes the data of steps s, s+2, ...: this is its ((s-1)/2)-th phase.
+      const uint32_t bar = bar0 + 8 * static_cast<uint32_t>(s & 1);
+      bar_wait(bar, static_cast<uint32_t>(((s - 1) >> 1) & 1));
+      // Re-armed for step s+2 only after the wait: its bytes come from sends of step s+1, which
+      // every block makes after it has read this step's data, so none can arrive early.
+      if (tid == 0 && s + 2 < a.T) bar_arm(bar, step_bytes(s + 1));
+    }
 
     // The input projection of this thread's first (row, unit), loaded before the products.
     float pre[4] = {0.f, 0.f, 0.f, 0.f};
     if (nu > 0 && tid < nu * bs) {
       const float* gr = a.gates + (off + tid / nu) * H4 + j0 + tid % nu;
 #pragma unroll
-      for (int g = 0; g < 4; ++g) pre[g] = gr[g * H];
+      for (int g = 0; g < 4; ++g) pre[g] = gr[g * H] + bias_first[g];
     }
     if (nu > 0) tile_mma<T>(sp, Wh, p.ldw, p.Mpad, hin, p.ldw, static_cast<int>(bs), p.BT, red, lane, warp);
     __syncthreads();
@@ -111,7 +182,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       float x[4];
 #pragma unroll
       for (int g = 0; g < 4; ++g) {
-        x[g] = i == tid ? pre[g] : gr[g * H];
+        x[g] = i == tid ? pre[g] : gr[g * H] + gate_bias<T>(a, g * H + j);
         for (int ks = 0; ks < sp.ksplit; ++ks) {
           x[g] += red[static_cast<int64_t>(ks) * p.Mpad * p.BT + (u * 4 + g) * p.BT + r];
         }
@@ -138,6 +209,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Rows active now and next step: h goes to every block's other buffer.
     const int send_rows = nu > 0 ? static_cast<int>(min64(bs, nbs)) : 0;
     const int per_rank = send_rows * vecs;
+    if (tx) {
+      const uint32_t bar = bar0 + 8 * static_cast<uint32_t>((s + 1) & 1);
+      for (int i = tid; i < p.C * per_rank; i += kThreads) {
+        const int dst_rank = i / per_rank, rem = i - dst_rank * per_rank;
+        const int r = rem / vecs, v = rem - r * vecs;
+        const uint4 val = reinterpret_cast<const uint4*>(hs + r * p.U)[v];
+        const uint32_t local = smem_addr(hout + static_cast<int64_t>(r) * p.ldw + j0 + v * 8);
+        store_async16(cluster_addr(local, dst_rank), val, cluster_addr(bar, dst_rank));
+      }
+      continue;
+    }
     for (int i = tid; i < p.C * per_rank; i += kThreads) {
       const int dst_rank = i / per_rank, rem = i - dst_rank * per_rank;
       const int r = rem / vecs, v = rem - r * vecs;
@@ -233,12 +315,16 @@ ClusterPlan make_plan(const ForwardArgs& a) {
     q.off_red = q.off_buf + round_up(2 * static_cast<int64_t>(q.BT) * q.ldw * sz, 16);
     q.off_hs = q.off_red + round_up(std::max(128, q.Mpad) * static_cast<int64_t>(q.BT) * 4, 16);
     q.off_cs = q.off_hs + round_up(static_cast<int64_t>(q.BT) * q.U * sz, 16);
-    q.smem = q.off_cs + static_cast<int64_t>(q.BT) * q.U * 4;
+    q.off_bar = round_up(q.off_cs + static_cast<int64_t>(q.BT) * q.U * 4, 16);
+    q.smem = q.off_bar + 16;
     // Measured on an H100 (benchmarks/NOTES.md): ahead of the grid-wide kernel while a block
-    // has at most 128 (row, unit) items per step (B=8 at H=256, B=1 at H=256), behind it beyond
-    // (B=8 at H=512, B=32 at H=256), where the block's own chain grows and the grid kernel
+    // has at most 128 (row, unit) items per step (B=8 at H=256, B=1 at H=256), or 16 units of
+    // 16 rows (B=16 at H=256: 3.98 vs 5.21 ms), behind it beyond (B=8 at H=512: 5.48 vs
+    // 5.09, B=32 at H=256: 7.59 vs 6.49), where the block's own chain grows and the grid kernel
     // spreads the same work over 8x more multiprocessors.
-    if (q.smem > d.smem_optin || static_cast<int64_t>(q.U) * q.BT > kMaxItems) continue;
+    const bool small = static_cast<int64_t>(q.U) * q.BT <= kMaxItems || (q.U <= 16 && q.BT <= 16);
+    const bool any_items = (a.tuning & 1024) != 0;  // tuning bit 10: no limit (experiments)
+    if (q.smem > d.smem_optin || !(small || any_items)) continue;
     if (!fits_cluster(reinterpret_cast<const void*>(forward_cluster_kernel<T>), C,
                       static_cast<size_t>(q.smem))) {
       continue;

@@ -79,6 +79,12 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
     const int64_t b = a.max_bs + i / nq, q = q0 + i % nq;
     h_n[b * P + q] = h0[b * P + q];
   }
+  // The gate biases of this thread's first (row, unit) item, the same unit every step.
+  float bias_first[4] = {0.f, 0.f, 0.f, 0.f};
+  if (nu > 0) {
+#pragma unroll
+    for (int g = 0; g < 4; ++g) bias_first[g] = gate_bias<T>(a, g * H + j0 + threadIdx.x % nu);
+  }
   __syncthreads();
 
   const Steps st{a.T, a.B, a.offsets, a.reverse};
@@ -99,7 +105,7 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
       const int64_t row = off + threadIdx.x / nu, j = j0 + threadIdx.x % nu;
       const float* gr = a.gates + row * H4 + j;
 #pragma unroll
-      for (int g = 0; g < 4; ++g) pre[g] = gr[g * H];
+      for (int g = 0; g < 4; ++g) pre[g] = gr[g * H] + bias_first[g];
     }
     wait_epoch(PROJ ? flags_b : flags_a, epoch, sync);
 
@@ -123,7 +129,11 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
         float x[4];
 #pragma unroll
         for (int g = 0; g < 4; ++g) {
-          x[g] = (prefetch && b0 == 0 && i == static_cast<int>(threadIdx.x)) ? pre[g] : gr[g * H];
+          if (prefetch && b0 == 0 && i == static_cast<int>(threadIdx.x)) {
+            x[g] = pre[g];
+          } else {
+            x[g] = gr[g * H] + (i == static_cast<int>(threadIdx.x) ? bias_first[g] : gate_bias<T>(a, g * H + j));
+          }
           for (int ks = 0; ks < nsplit; ++ks) {
             x[g] += red[static_cast<int64_t>(ks) * p.Mpad * p.BT + (u * 4 + g) * p.BT + r];
           }

@@ -35,8 +35,10 @@ struct ForwardArgs {
   bool reverse = false;
   bool save = false;
 
-  float* gates = nullptr;       // [N, 4H] read: x W_ih^T + b_ih + b_hh; written when save:
-                                //   the activated gates (sigmoid i, sigmoid f, tanh g, sigmoid o)
+  float* gates = nullptr;       // [N, 4H] read: x W_ih^T (the kernels add b_ih + b_hh); written
+                                //   when save: the activated gates (sigmoid i, f, tanh g, sigmoid o)
+  const void* b_ih = nullptr;   // [4H] scalar, read, or nullptr (no bias)
+  const void* b_hh = nullptr;   // [4H] scalar, read, or nullptr
   float* cells = nullptr;       // [N, H] written when save: c of every row
   const void* w_hh = nullptr;   // [4H, P] scalar, read
   const void* w_hr = nullptr;   // [P, H] scalar, read; nullptr without projection (P == H)
@@ -49,7 +51,9 @@ struct ForwardArgs {
   unsigned* flags = nullptr;    // [2 * grid] workspace, zeroed before the launch (persistent only)
   int tuning = 6;               // bits 0-1 step sync (0 release/acquire flags, 1 fenced flags,
                                 //   2 grid.sync), bit 2 per-warp staging, bit 3 no prefetch,
-                                //   bit 8 (adapter) no cluster kernel
+                                //   bit 8 (adapter) no cluster kernel, bit 9 cluster kernel's h
+                                //   exchange by DSMEM stores + cluster barrier (default: st.async
+                                //   + mbarriers), bit 10 cluster kernel at any units x rows
   int min_units = 1;            // hidden units per block at least (fewer, fuller blocks)
 };
 
@@ -98,9 +102,9 @@ int backward_persistent_plan(const BackwardArgs& a, Scalar s, int64_t max_batch)
 int forward_persistent(const ForwardArgs& a, Scalar s, cudaStream_t stream);
 
 // The forward in one thread-block cluster of 16 (or 8) blocks on sm_90: half types, no
-// projection, small problems (max_bs padded to 8, times H/16 padded to 8, at most 128: B <= 8 at
-// H <= 256, B <= 16 at H <= 128), W_hh spread over the cluster's shared memory;
-// h moves between the blocks through distributed shared memory, one cluster barrier per step.
+// projection, small problems (max_bs padded to 8, times H/16 padded to 8, at most 128, or both at
+// most 16: B <= 8 at H <= 256, B <= 16 at H <= 256), W_hh spread over the cluster's shared
+// memory; h moves between the blocks through distributed shared memory (st.async + mbarriers).
 // ForwardArgs::flags, h_pre, tuning and min_units are not used. forward_cluster_plan returns the
 // cluster size, 0 where this kernel cannot run the problem on the current device.
 int forward_cluster_plan(const ForwardArgs& a, Scalar s);
