@@ -468,10 +468,12 @@ def test_autocast_fp16_matches_half_model():
     assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all()
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("which", ["b_ih", "b_hh", "both", "none"])
-@pytest.mark.parametrize("kernel", ["cluster", "grid", "fallback"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_op_biases_added_by_each_kernel(which, kernel, dtype):
+@pytest.mark.parametrize("dtype,kernel", [(torch.float32, "grid"), (torch.float32, "fallback"),
+                                          (torch.float16, "cluster"), (torch.float16, "grid"),
+                                          (torch.float16, "fallback")], ids=str)
+def test_op_biases_added_by_each_kernel(dtype, kernel, which, reverse):
     """The persistent and cluster kernels add b_ih and b_hh to the input projection themselves
     (the fallback adds them in the adapter's GEMM); the op takes either bias alone. Against an fp64
     loop over the same op arguments, with biases large enough that dropping one fails."""
@@ -483,37 +485,45 @@ def test_op_biases_added_by_each_kernel(which, kernel, dtype):
     h0, c0 = (torch.randn(B, H, generator=g, dtype=torch.float64) for _ in range(2))
     bi = b_ih if which in ("b_ih", "both") else None
     bh = b_hh if which in ("b_hh", "both") else None
-    args = [t.to(dtype) if t is not None else None for t in (x, w_ih, w_hh, bi, bh)]
-    args = [t.to(DEV) if t is not None else None for t in args]
+    args = [t.to(DEV, dtype) if t is not None else None for t in (x, w_ih, w_hh, bi, bh)]
+    xs, wi, wh, bi64, bh64 = (t.cpu().double() if t is not None else None for t in args)
     h, c = h0.to(dtype).double(), c0.to(dtype).double()
-    ws = [t.double() if t is not None else None for t in args]
-    ys = []
-    for t in range(T):
-        gt = ws[0][t].cpu() @ ws[1].cpu().T + h @ ws[2].cpu().T
-        gt = gt + (ws[3].cpu() if ws[3] is not None else 0) + (ws[4].cpu() if ws[4] is not None else 0)
+    ys = [None] * T
+    for t in (reversed(range(T)) if reverse else range(T)):
+        gt = xs[t] @ wi.T + h @ wh.T
+        gt = gt + (bi64 if bi64 is not None else 0) + (bh64 if bh64 is not None else 0)
         i, f, gg, o = gt.chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
         h = torch.sigmoid(o) * torch.tanh(c)
-        ys.append(h)
+        ys[t] = h
     want = torch.stack(ys)
     path, tuning = {"cluster": ("persistent", "6"), "grid": ("persistent", "262"),
                     "fallback": ("fallback", "6")}[kernel]
     with cuda_path(path), forward_tuning(tuning):
         y, h_n, c_n, _, _ = torch.ops.lstm_fused.forward(*args, None, h0.to(DEV, dtype), c0.to(DEV, dtype),
-                                                         None, False, False)
+                                                         None, reverse, False)
     tol = 2e-5 if dtype == torch.float32 else 2e-2
     assert max_err(y.cpu(), want) < tol
-    assert max_err(h_n.cpu(), want[-1]) < tol
+    assert max_err(h_n.cpu(), h) < tol
     assert max_err(c_n.cpu(), c) < tol * 4
 
 
+@pytest.mark.parametrize("dtype,H,P", [(torch.float16, 2048, 1024), (torch.float32, 3072, 384)], ids=str)
+def test_projection_too_large_for_the_kernel_falls_back(dtype, H, P):
+    """W_hh of these fits the plain persistent kernel's shared memory but not with the W_hr slice
+    beside it: the adapter must plan with the projection and take the per-step fallback."""
+    compare(Cfg(T=3, B=2, I=16, H=H, proj=P), dtype, "auto", seed=3, backward=False)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("cfg", CLUSTER_CFGS + [Cfg(T=9, B=24, I=16, H=256, packed="unsorted")],
-                         ids=[f"k{i}" for i in range(len(CLUSTER_CFGS) + 1)])
+@pytest.mark.parametrize("cfg", CLUSTER_CFGS + [Cfg(T=9, B=24, I=16, H=256, packed="unsorted"),
+                                                 Cfg(T=300, B=4, I=8, H=40)],
+                         ids=[f"k{i}" for i in range(len(CLUSTER_CFGS) + 2)])
 def test_cluster_exchange_variants_bitwise_equal(cfg, dtype):
     """The cluster kernel's two h exchanges (st.async counted on mbarriers, the default; DSMEM
     stores + a cluster barrier, tuning bit 9) move the same bits: equal outputs, also with the
-    item limit lifted (tuning bit 10; the last config is beyond it)."""
+    item limit lifted (tuning bit 10; the next-to-last config is beyond it). The last one leaves
+    11 of 16 blocks without units (they sit the steps out) over many steps."""
     ref, ours = make_models(cfg, dtype, 21)
     data = make_data(cfg, 22)
     with cuda_path("persistent"):

@@ -1,12 +1,11 @@
 // The forward recurrence in one thread-block cluster (sm_90): for half types, no projection, and
-// small problems (units per block x batch rows <= 128, or both <= 16: B <= 8 at H <= 256, B <= 16
-// at H <= 256), W_hh spread over the shared memory of C = 16 (or 8) blocks. The
+// small problems (units per block x batch rows <= 128, or both <= 16: B <= 16 at H <= 256), W_hh spread over the shared memory of C = 16 (or 8) blocks. The
 // grid-wide kernel (forward_persistent.cu) pays a grid barrier through L2 and an L2 round trip for
 // h every step (about 4 µs on an H100, half of it the barrier); inside a cluster, h travels
 // through distributed shared memory (measured ~2.6 µs per step at B=8, H=128: benchmarks/NOTES.md).
 //
 // Block `rank` owns hidden units j0 = rank*U .. j0+U-1 (U a multiple of 8; blocks past H own
-// none but wait like the others) with their 4 gate rows of W_hh in shared memory. Every block
+// none and sit out the steps) with their 4 gate rows of W_hh in shared memory. Every block
 // keeps the whole h_{t-1} of the active rows in a local buffer (two, by step parity; both start
 // as h0, so a row that starts late in reverse order still finds its h0 there). Per step:
 //   gates of its units = W_hh[rows] h_{t-1} (tile_mma) + input projection + biases; cell update
@@ -16,8 +15,8 @@
 //   phase in which all senders' bytes arrived. No fence and no cluster barrier per step: a
 //   cluster barrier's release waited for the step's global stores (tuning bit 9 keeps that
 //   exchange, DSMEM stores + barrier, for comparisons).
-// A block overwrites a parity buffer of another block (at step s+2) only after it received that
-// block's h of step s+1, which the block sends after it has read the buffer (at step s+1).
+// A block writes into another block's buffer at step s+1 (the buffer that block read at step s)
+// only after it received that block's h of step s, which that block sent after reading it.
 #include "common.cuh"
 
 namespace lstm_fused {
@@ -141,7 +140,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto step_bytes = [&](int64_t s) {
     return static_cast<uint32_t>(senders * min64(st.bs(s), st.bs(s + 1)) * vecs * 16);
   };
-  if (tx && tid == 0) {
+  // Blocks past H own no units: they never read h, so with st.async nothing is sent to them and
+  // they skip the steps (nobody waits for them either; with the cluster barrier they must join
+  // every step's barrier).
+  const bool idle = tx && nu == 0;
+  if (tx && !idle && tid == 0) {
     bar_init(bar0);
     bar_init(bar0 + 8);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -152,7 +155,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // No block may write into another's buffers before that block has initialized them.
   cluster.sync();
 
-  for (int64_t s = 0; s < a.T; ++s) {
+  for (int64_t s = 0; s < (idle ? 0 : a.T); ++s) {
     const int64_t off = st.off(s), bs = st.bs(s), nbs = st.bs(s + 1);
     const bool last_step = s == a.T - 1;
     const T* hin = buf + (s & 1) * buf_elems;
@@ -161,8 +164,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       // Buffer s&1 takes the data of steps s, s+2, ...: this is its ((s-1)/2)-th phase.
       const uint32_t bar = bar0 + 8 * static_cast<uint32_t>(s & 1);
       bar_wait(bar, static_cast<uint32_t>(((s - 1) >> 1) & 1));
-      // Re-armed for step s+2 only after the wait: its bytes come from sends of step s+1, which
-      // every block makes after it has read this step's data, so none can arrive early.
+      // Re-armed for step s+2 only after the wait: its bytes are sent at step s+1 by blocks that
+      // first need this block's h of step s, which it sends after this re-arm: none arrive early.
       if (tid == 0 && s + 2 < a.T) bar_arm(bar, step_bytes(s + 1));
     }
 
@@ -211,7 +214,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int per_rank = send_rows * vecs;
     if (tx) {
       const uint32_t bar = bar0 + 8 * static_cast<uint32_t>((s + 1) & 1);
-      for (int i = tid; i < p.C * per_rank; i += kThreads) {
+      for (int i = tid; i < static_cast<int>(senders) * per_rank; i += kThreads) {
         const int dst_rank = i / per_rank, rem = i - dst_rank * per_rank;
         const int r = rem / vecs, v = rem - r * vecs;
         const uint4 val = reinterpret_cast<const uint4*>(hs + r * p.U)[v];

@@ -103,9 +103,9 @@ int forward_persistent(const ForwardArgs& a, Scalar s, cudaStream_t stream);
 
 // The forward in one thread-block cluster of 16 (or 8) blocks on sm_90: half types, no
 // projection, small problems (max_bs padded to 8, times H/16 padded to 8, at most 128, or both at
-// most 16: B <= 8 at H <= 256, B <= 16 at H <= 256), W_hh spread over the cluster's shared
-// memory; h moves between the blocks through distributed shared memory (st.async + mbarriers).
-// ForwardArgs::flags, h_pre, tuning and min_units are not used. forward_cluster_plan returns the
+// most 16: B <= 16 at H <= 256), W_hh spread over the cluster's shared memory; h moves between the
+// blocks through distributed shared memory (st.async + mbarriers). ForwardArgs::flags, h_pre and
+// min_units are not used, of `tuning` only bits 9 and 10. forward_cluster_plan returns the
 // cluster size, 0 where this kernel cannot run the problem on the current device.
 int forward_cluster_plan(const ForwardArgs& a, Scalar s);
 int forward_cluster(const ForwardArgs& a, Scalar s, cudaStream_t stream);
