@@ -1,8 +1,9 @@
 // The forward recurrence in one thread-block cluster (sm_90): for half types, no projection, and
-// small problems (units per block x batch rows <= 128, or both <= 16: B <= 16 at H <= 256), W_hh spread over the shared memory of C = 16 (or 8) blocks. The
-// grid-wide kernel (forward_persistent.cu) pays a grid barrier through L2 and an L2 round trip for
-// h every step (about 4 µs on an H100, half of it the barrier); inside a cluster, h travels
-// through distributed shared memory (measured ~2.6 µs per step at B=8, H=128: benchmarks/NOTES.md).
+// small problems (units per block x batch rows <= 128, or both <= 16: B <= 16 at H <= 256), W_hh
+// spread over the shared memory of C = 16 (or 8) blocks. The grid-wide kernel
+// (forward_persistent.cu) pays a grid barrier through L2 and an L2 round trip for h every step
+// (about 4 µs on an H100, half of it the barrier); inside a cluster, h travels through distributed
+// shared memory (measured ~2.7 µs per step at B=8, H=128: benchmarks/NOTES.md).
 //
 // Block `rank` owns hidden units j0 = rank*U .. j0+U-1 (U a multiple of 8; blocks past H own
 // none and sit out the steps) with their 4 gate rows of W_hh in shared memory. Every block

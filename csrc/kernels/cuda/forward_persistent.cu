@@ -132,7 +132,8 @@ __global__ void __launch_bounds__(kThreads, 1) forward_kernel(const ForwardArgs 
           if (prefetch && b0 == 0 && i == static_cast<int>(threadIdx.x)) {
             x[g] = pre[g];
           } else {
-            x[g] = gr[g * H] + (i == static_cast<int>(threadIdx.x) ? bias_first[g] : gate_bias<T>(a, g * H + j));
+            const bool own_unit = i == static_cast<int>(threadIdx.x);  // u == threadIdx.x % nu
+            x[g] = gr[g * H] + (own_unit ? bias_first[g] : gate_bias<T>(a, g * H + j));
           }
           for (int ks = 0; ks < nsplit; ++ks) {
             x[g] += red[static_cast<int64_t>(ks) * p.Mpad * p.BT + (u * 4 + g) * p.BT + r];
