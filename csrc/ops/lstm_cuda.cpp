@@ -102,12 +102,9 @@ Tensor input_projection_cuda(const Tensor& x, const Tensor& w_ih, const OptTenso
                              const OptTensor& b_hh, const LayerShape& s, at::ScalarType acc,
                              bool add_bias) {
   const Tensor x2 = x.reshape({s.N, s.I});
-  if (!add_bias) {
-    return acc == x.scalar_type() ? at::mm(x2, w_ih.t()) : at::mm(x2, w_ih.t(), acc);
-  }
   Tensor bias;
-  if (b_ih) bias = b_ih->to(acc);
-  if (b_hh) bias = bias.defined() ? bias + b_hh->to(acc) : b_hh->to(acc);
+  if (add_bias && b_ih) bias = b_ih->to(acc);
+  if (add_bias && b_hh) bias = bias.defined() ? bias + b_hh->to(acc) : b_hh->to(acc);
   if (acc == x.scalar_type()) {
     return bias.defined() ? at::addmm(bias, x2, w_ih.t()) : at::mm(x2, w_ih.t());
   }
