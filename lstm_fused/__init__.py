@@ -5,9 +5,9 @@
     model = lstm_fused.convert(model)   # swaps every torch.nn.LSTM inside a model
 """
 from . import ops  # noqa: F401  (loads the extension, registers fake kernels and autograd)
-from ._C import built_with_cuda, cpu_isa
+from ._C import built_with_cuda, cpu_isa, empty_cache
 from .modules import LSTM, convert
 from .reference import lstm_reference
 
-__all__ = ["LSTM", "convert", "lstm_reference", "built_with_cuda", "cpu_isa"]
+__all__ = ["LSTM", "convert", "lstm_reference", "built_with_cuda", "cpu_isa", "empty_cache"]
 __version__ = "0.1.0"

@@ -35,6 +35,14 @@ void check_backward_args(const at::Tensor& grad_y, const at::Tensor& grad_hn,
                          const at::Tensor& grad_cn, const at::Tensor& y, const at::Tensor& gates,
                          const at::Tensor& cells, const LayerShape& s);
 
+// An uninitialized CPU tensor whose memory, from 1 MB on, is kept when it dies and handed to a
+// later call of a size that fits (buffer_cache.cpp): the ops' large per-call buffers stay in
+// pages the process already has, instead of page-faulting fresh ones on every call.
+at::Tensor empty_reused(at::IntArrayRef sizes, const at::TensorOptions& opts);
+// Frees the kept memory (lstm_fused.empty_cache()); the bytes kept now.
+void release_cached_buffers();
+size_t cached_buffer_bytes();
+
 // x.shape[:-1] + [P]
 std::vector<int64_t> output_sizes(const at::Tensor& x, int64_t P);
 

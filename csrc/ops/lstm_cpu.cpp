@@ -74,7 +74,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // activations the backward reads.
   const bool kernel_input = fuse_input || tile_input;
   at::Tensor gates = !(kernel_input || chunked) ? input_projection(x, w_ih, s, gates_dtype)
-                     : save ? at::empty({s.N, 4 * s.H}, x.options().dtype(acc))
+                     : save ? empty_reused({s.N, 4 * s.H}, x.options().dtype(acc))
                             : at::empty({0}, x.options().dtype(acc));
   if (step_gemm && s.N > 0) gates.add_(matmul_nt(h0.narrow(0, 0, s.N), w_hh));
   const at::Tensor bias = fuse_input ? at::Tensor() : combined_bias(b_ih, b_hh, acc);
@@ -82,10 +82,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   const at::Tensor wihc = kernel_input ? w_ih.contiguous() : at::Tensor();
   const at::Tensor bihc = fuse_input && b_ih ? b_ih->contiguous() : at::Tensor();
   const at::Tensor bhhc = fuse_input && b_hh ? b_hh->contiguous() : at::Tensor();
-  at::Tensor y = at::empty(output_sizes(x, s.P), x.options());
+  at::Tensor y = empty_reused(output_sizes(x, s.P), x.options());
   at::Tensor h_n = at::empty({s.B, s.P}, x.options());
   at::Tensor c_n = at::empty({s.B, s.H}, x.options());
-  at::Tensor cells = save ? at::empty({s.N, s.H}, x.options().dtype(acc)) : at::empty({0}, x.options().dtype(acc));
+  at::Tensor cells = save ? empty_reused({s.N, s.H}, x.options().dtype(acc)) : at::empty({0}, x.options().dtype(acc));
   const at::Tensor bs = batch_sizes ? batch_sizes->contiguous() : at::Tensor();
   const at::Tensor whh = w_hh.contiguous(), h0c = h0.contiguous(), c0c = c0.contiguous();
   const at::Tensor whr = w_hr ? w_hr->contiguous() : at::Tensor();
@@ -170,10 +170,10 @@ backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tens
   const auto acc = acc_dtype(x.scalar_type());
   const auto acc_opts = x.options().dtype(acc);
   const bool proj = w_hr.has_value();
-  at::Tensor dgates = at::empty({s.N, 4 * s.H}, acc_opts);
-  at::Tensor h_prev = at::empty({s.N, s.P}, acc_opts);
-  at::Tensor dh_out = proj ? at::empty({s.N, s.P}, acc_opts) : at::Tensor();
-  at::Tensor h_pre = proj ? at::empty({s.N, s.H}, acc_opts) : at::Tensor();
+  at::Tensor dgates = empty_reused({s.N, 4 * s.H}, acc_opts);
+  at::Tensor h_prev = empty_reused({s.N, s.P}, acc_opts);
+  at::Tensor dh_out = proj ? empty_reused({s.N, s.P}, acc_opts) : at::Tensor();
+  at::Tensor h_pre = proj ? empty_reused({s.N, s.H}, acc_opts) : at::Tensor();
   at::Tensor dh0 = at::empty({s.B, s.P}, x.options());
   at::Tensor dc0 = at::empty({s.B, s.H}, x.options());
   const at::Tensor bs = batch_sizes ? batch_sizes->contiguous() : at::Tensor();

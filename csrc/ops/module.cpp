@@ -5,6 +5,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "cpu/lstm_cpu.h"
+#include "ops/common.h"
 
 namespace {
 using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
@@ -31,6 +32,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isa", &lstm_fused::cpu::isa_name, "Instruction set of the CPU kernels on this CPU");
   m.def("forward_unboxed", &forward_unboxed, "lstm_fused::forward through the C++ dispatcher (eager calls)",
         pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("empty_cache", &lstm_fused::release_cached_buffers,
+        "Frees the memory kept for reuse by the CPU ops' large buffers (LSTM_FUSED_CPU_CACHE_MB caps it)");
+  m.def("cached_bytes", &lstm_fused::cached_buffer_bytes, "Bytes the CPU ops keep for reuse now");
   m.def("built_with_cuda", [] {
 #ifdef LSTM_FUSED_WITH_CUDA
     return true;
