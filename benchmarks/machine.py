@@ -39,6 +39,9 @@ def describe(device: torch.device) -> tuple[dict, dict]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "platform": platform.platform(),
         "load_average_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # Settings that change either contender's CPU memory behaviour (unset: the defaults).
+        "env": {k: os.environ.get(k) for k in ("LSTM_FUSED_CPU_CACHE_MB", "THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES",
+                                               "OMP_NUM_THREADS")},
     }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
