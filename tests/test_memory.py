@@ -54,7 +54,7 @@ def test_blocks_are_reused_by_the_next_call_of_the_same_sizes():
 
 
 def test_reused_memory_gives_the_results_of_fresh_memory():
-    # The first step leaves its buffers, full of its own values, for the second to reuse.
+    # A step on other values (scale 30) leaves its buffers, full of them, for the third to reuse.
     lstm_fused.empty_cache()
     fresh = training_step(seed=1)
     training_step(seed=2, scale=30.0)
