@@ -75,7 +75,6 @@ class ReuseAllocator final : public c10::Allocator {
   struct Block {
     void* ptr;
     size_t size;
-    uint64_t freed_at;  // order of return, for dropping the oldest first
   };
 
   // The smallest kept block of n to 2n bytes, or nullptr.
@@ -105,13 +104,11 @@ class ReuseAllocator final : public c10::Allocator {
         drop.push_back(p);
       } else {
         while (cached_ + size > limit_) {
-          auto oldest = std::min_element(free_.begin(), free_.end(),
-                                         [](const Block& a, const Block& b) { return a.freed_at < b.freed_at; });
-          cached_ -= oldest->size;
-          drop.push_back(oldest->ptr);
-          free_.erase(oldest);
+          cached_ -= free_.front().size;
+          drop.push_back(free_.front().ptr);
+          free_.erase(free_.begin());
         }
-        free_.push_back({p, size, ++clock_});
+        free_.push_back({p, size});
         cached_ += size;
       }
     }
@@ -123,9 +120,8 @@ class ReuseAllocator final : public c10::Allocator {
   const size_t limit_ = cache_limit_from_env();
   std::mutex mu_;
   std::unordered_map<void*, size_t> live_;  // blocks in use: their sizes
-  std::vector<Block> free_;                 // blocks kept for reuse (a few: linear scans)
+  std::vector<Block> free_;                 // blocks kept for reuse, oldest first (a few: linear scans)
   size_t cached_ = 0;                       // bytes in free_
-  uint64_t clock_ = 0;
 };
 
 }  // namespace
