@@ -28,13 +28,22 @@ def forward_args(seed, scale=1.0):
     return x, w_ih, w_hh, b, b, None, h0, c0, None, False, True
 
 
-def training_step(seed, scale=1.0, cls=lstm_fused.LSTM):
+def make_step(seed, scale=1.0, cls=lstm_fused.LSTM):
+    """A module and its input, from the global generator (not thread-safe: build before threads)."""
     torch.manual_seed(seed)
-    m = cls(H, H)
-    x = (torch.randn(T, B, H) * scale).requires_grad_()
+    return cls(H, H), torch.randn(T, B, H) * scale
+
+
+def run_step(m, x):
+    x = x.clone().requires_grad_()
+    m.zero_grad(set_to_none=True)
     y, (h, c) = m(x)
     (y.square().sum() + h.sum() + c.sum()).backward()
     return [y.detach(), h.detach(), c.detach(), x.grad] + [p.grad for p in m.parameters()]
+
+
+def training_step(seed, scale=1.0, cls=lstm_fused.LSTM):
+    return run_step(*make_step(seed, scale, cls))
 
 
 def test_blocks_are_reused_by_the_next_call_of_the_same_sizes():
@@ -81,11 +90,12 @@ def test_outputs_on_kept_memory_resize_and_outlive_the_cache():
 
 def test_calls_from_several_threads():
     expect = training_step(seed=3)
-    results = [None] * 4
+    steps = [make_step(seed=3) for _ in range(4)]
+    results = [None] * len(steps)
 
     def work(i):
         for _ in range(3):
-            results[i] = training_step(seed=3)
+            results[i] = run_step(*steps[i])
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(results))]
     for t in threads:
