@@ -96,15 +96,30 @@ std::vector<int64_t> output_sizes(const at::Tensor& x, int64_t P) {
 
 namespace {
 
+// Whether torch's oneDNN takes half-type GEMMs on this CPU (mkldnn::_is_mkldnn_bf16_supported /
+// _fp16_supported: AVX-512 or AVX2 with the VNNI-2 / NE-convert extensions). Without them
+// oneDNN fails to create the primitive (an AVX2-only Zen 3, say) and at::mm must do it.
+bool onednn_takes(at::ScalarType t) {
+  auto ask = [](const char* name) {
+    const auto op = c10::Dispatcher::singleton().findSchema({name, ""});
+    if (!op) return false;
+    std::vector<c10::IValue> stack;
+    op->callBoxed(&stack);
+    return stack.at(0).toBool();
+  };
+  static const bool bf16 = ask("mkldnn::_is_mkldnn_bf16_supported");
+  static const bool fp16 = ask("mkldnn::_is_mkldnn_fp16_supported");
+  return t == at::kFloat || (t == at::kBFloat16 && bf16) || (t == at::kHalf && fp16);
+}
+
 // x [N, K] times w [M, K]^T through oneDNN's matmul (mkldnn::_linear_pointwise, registered by
 // x86 builds of torch): measured 20-30% faster than at::mm's MKL sgemm for these tall-skinny
 // shapes on this project's CPUs. Returns an undefined tensor where the op is absent or the dtype
-// is one oneDNN does not take (float64).
+// is one oneDNN does not take (float64; half types on CPUs without their instructions).
 at::Tensor onednn_matmul_nt(const at::Tensor& x, const at::Tensor& w) {
   static const std::optional<c10::OperatorHandle> op =
       c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
-  const auto t = x.scalar_type();
-  if (!op || !x.is_cpu() || !(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf)) return {};
+  if (!op || !x.is_cpu() || !onednn_takes(x.scalar_type())) return {};
   std::vector<c10::IValue> stack{x.contiguous(), w.contiguous(), c10::IValue(), std::string("none"),
                                  c10::List<std::optional<c10::Scalar>>(), std::string("")};
   op->callBoxed(&stack);
