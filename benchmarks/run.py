@@ -118,7 +118,9 @@ def measure_all_ceilings(device, settings, dtypes, grid, default_threads, when: 
         set_threads(threads, default_threads)
         key = ceilings.setting_key(device, threads)
         out[key] = ceilings.measure_ceilings(device, dtypes, quick=grid == "quick")
-        gemm = ", ".join(f"{k} {v:.0f}" for k, v in out[key]["gemm_gflops"].items())
+        native = out[key].get("gemm_gflops_in_dtype", {})
+        gemm = ", ".join(f"{k} {v:.0f}" + (f" (in {k} itself: {native[k]:.1f})" if native.get(k, v) != v else "")
+                         for k, v in out[key]["gemm_gflops"].items())
         print(f"== ceilings {when} [{key}]: GEMM GFLOP/s: {gemm}; "
               f"copy {out[key]['copy_gbps']:.1f} GB/s (read+write)")
     return out

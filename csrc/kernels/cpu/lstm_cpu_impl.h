@@ -149,10 +149,16 @@ inline vdouble tanh_v(vdouble x) {
 
 // U: acc_t lanes of one vector register; hidden units are packed in blocks of U.
 // MR: batch rows of one register tile; NR = 4U columns (the four gates of one unit block).
+// GV: weight vectors per k of one tile's pass, so MR x GV accumulators: 4 x 4 (all four gates at
+// once) in AVX-512's 32 registers, 6 x 2 (two passes of two gates) in the 16 of AVX2 and SSE.
+// Each weight vector loaded feeds MR FMAs. AVX2 had 2 x 4 before: at full FMA rate that read 32
+// bytes per cycle from L2, all of Zen 3's L2-to-L1 width; 6 x 2 reads 11 and took 0.73-0.80x of
+// the time at B = 3..128 (1 thread, I = H = 256..512).
 template <typename acc_t>
 struct Tiling {
   static constexpr int U = LSTM_VEC_BYTES / sizeof(acc_t);
-  static constexpr int MR = LSTM_VEC_BYTES >= 64 ? 4 : 2;
+  static constexpr int MR = LSTM_VEC_BYTES >= 64 ? 4 : 6;
+  static constexpr int GV = LSTM_VEC_BYTES >= 64 ? 4 : 2;
   static constexpr int NR = 4 * U;
 };
 
@@ -223,15 +229,17 @@ inline V splat(acc_t a) {
 // acc[r][v] += sum_k a[r][k] * b[k][v*U : v*U+U] for r < MR, v < NV: a register tile of MR rows
 // by NV vectors. Rows of A come as pointers so the caller can map tile rows onto any rows (a
 // partial tile repeats its last row; those results are dropped). b is packed, row stride ldb.
-// Down: k from K - 1 down to 0 (the same sums, added in the other order).
-template <int MR, int NV, bool Down = false, typename acc_t, typename V>
-inline void mac_tile(int64_t K, const acc_t* const (&a)[MR], const acc_t* b, int64_t ldb, V (&acc)[MR][NV]) {
+// Down: k from K - 1 down to 0 (the same sums, added in the other order). GS < NV: b's vectors
+// come in groups of GS, group g at b + g * gstride (pack_gate_weight's gate groups).
+template <int MR, int NV, bool Down = false, int GS = NV, typename acc_t, typename V>
+inline void mac_tile(int64_t K, const acc_t* const (&a)[MR], const acc_t* b, int64_t ldb, V (&acc)[MR][NV],
+                     int64_t gstride = 0) {
   constexpr int U = sizeof(V) / sizeof(acc_t);
   for (int64_t i = 0; i < K; ++i) {
     const int64_t k = Down ? K - 1 - i : i;
     V bv[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) bv[v] = loadu<V>(b + k * ldb + v * U);
+    for (int v = 0; v < NV; ++v) bv[v] = loadu<V>(b + (v / GS) * gstride + k * ldb + (v % GS) * U);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const V av = splat<V>(a[r][k]);
@@ -351,8 +359,10 @@ struct ForwardCtx {
   int64_t H, P, G, Hp;
   bool proj;
   const Steps* steps;
-  const acc_t* wp;  // packed W_hh^T [nblk][P][4][U]
-  const acc_t* wi;  // packed W_ih^T [nblk][I][4][U] when the tiles take the input, else nullptr
+  // Packed by pack_gate_weight in gate groups of Tiling::GV: [nblk][4 / GV][K][GV][U] (the
+  // lookahead's W_ih in groups of Lookahead::RV; AVX-512, where GV = 4).
+  const acc_t* wp;  // W_hh^T, K = P
+  const acc_t* wi;  // W_ih^T, K = I, when the tiles take the input, else nullptr
   acc_t* ring;      // batch 1 with wi: [2][Lookahead::S][nblk][4][U], x W_ih^T of two chunks
   acc_t* cst;       // [B, Hp] cell state
   acc_t* hpre;      // [B, Hp] o * tanh(c) before the projection
@@ -393,8 +403,8 @@ __attribute__((always_inline)) inline V cell_update(const ForwardParams<scalar_t
 }
 
 // One register tile of the forward: MR rows (r0..) by one block of U units, all four gates; the
-// matrix products on the packed W_ih^T (when the tiles take the input) and W_hh^T, then the cell
-// update on the registers.
+// matrix products on the packed W_ih^T (when the tiles take the input) and W_hh^T, GV gates per
+// pass, then the cell update on the registers.
 template <int MR, typename scalar_t, typename acc_t>
 inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
                       int64_t r0, int64_t row0, int64_t t, const acc_t* hcur, acc_t* hnext) {
@@ -419,14 +429,25 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
     const acc_t* xn = xg + MR * x.G;
     for (int g = 0; g < 4; ++g) __builtin_prefetch(xn + g * x.H);
   }
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {  // the adapter passes x only in acc_t
-    if (x.wi) {
-      const acc_t* xrows[MR];
-      for (int r = 0; r < MR; ++r) xrows[r] = p.x + (row0 + r0 + r) * p.I;
-      mac_tile<MR, 4>(p.I, xrows, x.wi + blk * p.I * 4 * U, 4 * U, acc);
+  // Gates per pass: the packed groups (GS) one at a time, except that a tile of one or two rows
+  // takes all four at once: two accumulators per pass would leave FMAs waiting on their latency.
+  constexpr int GS = Tiling<acc_t>::GV, GV = MR <= 2 ? 4 : GS;
+  for (int g0 = 0; g0 < 4; g0 += GV) {
+    V part[MR][GV];
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < GV; ++v) part[r][v] = acc[r][g0 + v];
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {  // the adapter passes x only in acc_t
+      if (x.wi) {
+        const acc_t* xrows[MR];
+        for (int r = 0; r < MR; ++r) xrows[r] = p.x + (row0 + r0 + r) * p.I;
+        mac_tile<MR, GV, false, GS>(p.I, xrows, x.wi + (blk * 4 + g0) * p.I * U, GS * U, part, GS * p.I * U);
+      }
     }
+    if (!p.recurrent_in_gates)
+      mac_tile<MR, GV, false, GS>(x.P, arows, x.wp + (blk * 4 + g0) * x.P * U, GS * U, part, GS * x.P * U);
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < GV; ++v) acc[r][g0 + v] = part[r][v];
   }
-  if (!p.recurrent_in_gates) mac_tile<MR, 4>(x.P, arows, x.wp + blk * x.P * 4 * U, 4 * U, acc);
   for (int r = 0; r < MR; ++r) cell_update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hnext);
 }
 
@@ -581,12 +602,20 @@ constexpr int64_t kTileInputWeightBytes = int64_t{8} << 20;
 // 0.89x-0.90x at T = 16-64; H = 64 and 32 0.74-0.94x; H = 256 (2 MB) 0.92x / 0.99x at T = 256 but
 // 1.06-1.24x at T <= 128 (packing W_ih costs more than the GEMM's share); H = 512 1.02x / 1.08x.
 constexpr int64_t kLookaheadWeightBytes = int64_t{512} << 10;
+// With 16 registers (6-row tiles, two passes of two gates; measured on an AVX2 Zen 3 with 512 KB
+// of L2, 1 thread, the tiles' extra time against a GEMM over the sequence at ~57 GFLOP/s):
+// I = H = 256 (2 MB) B = 4..10 +1.6..4.5 ms against 4-8 ms, B = 3 +2.8 against 3; I = 512, H = 256
+// (3 MB) B = 8 +12.5 against ~15, B = 32 +39 against ~59; I = H = 512 (8 MB) B = 4 +18 against
+// ~10, B = 8 +39 against ~19, B = 32 +81 against ~75. Hence from 4 rows, up to 4 MB.
+constexpr int64_t kTileInputWeightBytes16 = int64_t{4} << 20;
 bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes) {
   constexpr int MR = Tiling<float>::MR;
   const int64_t weight_bytes = (I + P) * 4 * H * acc_bytes;
+  if (small_batch_path(T, B, H, P, acc_bytes)) return false;
+  if constexpr (LSTM_VEC_BYTES < 64) return B >= 4 && weight_bytes <= kTileInputWeightBytes16;
   const bool full_tiles = B >= MR && (B % MR == 0 || B % MR == MR - 1 || B >= 2 * MR);
-  const bool lookahead = B == 1 && MR == 4 && weight_bytes <= kLookaheadWeightBytes;
-  return !small_batch_path(T, B, H, P, acc_bytes) && ((full_tiles && weight_bytes <= kTileInputWeightBytes) || lookahead);
+  const bool lookahead = B == 1 && weight_bytes <= kLookaheadWeightBytes;
+  return (full_tiles && weight_bytes <= kTileInputWeightBytes) || lookahead;
 }
 
 // One round of an in-register transpose of U x U: for rows a = r[i] and b = r[i + S] (i & S == 0),
@@ -914,8 +943,8 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
     split_range(Pp / U, tid, nt, &pb0, &pb1);
     // Each thread packs the weights only it reads (its unit blocks, its projection columns): in
     // parallel, into its own cache, and with no barrier before the first step.
-    if (pack) pack_gate_weight(p.w_hh, H, P, ub0, ub1, wp.get());
-    if (tile_input) pack_gate_weight(p.w_ih, H, p.I, ub0, ub1, wi.get(), lookahead ? Lookahead::RV : 4);
+    if (pack) pack_gate_weight(p.w_hh, H, P, ub0, ub1, wp.get(), Tl::GV);
+    if (tile_input) pack_gate_weight(p.w_ih, H, p.I, ub0, ub1, wi.get(), lookahead ? Lookahead::RV : Tl::GV);
     // The lookahead's x rows of the next chunk, transposed, this thread's copy.
     std::vector<acc_t> xt(lookahead ? p.I * Lookahead::S : 0);
     if (lookahead) lookahead_rows(p, ctx, 0, xt.data());
@@ -989,11 +1018,12 @@ constexpr int64_t kBwdPanelBytes = int64_t{512} << 10;
 constexpr int64_t kBwdPackMaxRows = 16;
 
 // f(nv, pb) over the column blocks [pb0, pb1) of the backward's dh product, in the groups its
-// register tiles take: four blocks (4 loads feed up to 16 FMAs), then one at a time.
+// register tiles take: GV blocks (GV loads feed MR x GV FMAs), then one at a time.
 template <typename F>
 inline void for_column_groups(int64_t pb0, int64_t pb1, F&& f) {
+  constexpr int GV = Tiling<float>::GV;
   int64_t pb = pb0;
-  for (; pb + 4 <= pb1; pb += 4) f(std::integral_constant<int, 4>{}, pb);
+  for (; pb + GV <= pb1; pb += GV) f(std::integral_constant<int, GV>{}, pb);
   for (; pb < pb1; ++pb) f(std::integral_constant<int, 1>{}, pb);
 }
 
@@ -1117,8 +1147,7 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
           constexpr int M = decltype(m)::value;
           const acc_t* arows[M];
           for (int r = 0; r < M; ++r) arows[r] = p.dgates + (row0 + r0 + r) * G + k0;
-          // Four column blocks per register tile where there are four (4 loads feed up to 16
-          // FMAs), then one at a time.
+          // GV column blocks per register tile where there are GV, then one at a time.
           const auto columns = [&](auto nv, int64_t pb) {
             constexpr int NV = decltype(nv)::value;
             V acc[M][NV];  // set lane by lane: a zero-initialized array became a rep stos
