@@ -30,6 +30,19 @@ def _git_commit() -> str | None:
         return None
 
 
+def _lstm_fused_isa():
+    import lstm_fused
+
+    return lstm_fused.cpu_isa()
+
+
+def _onednn_bf16():
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def describe(device: torch.device) -> tuple[dict, dict]:
     """(machine, versions)."""
     machine = {
@@ -37,6 +50,8 @@ def describe(device: torch.device) -> tuple[dict, dict]:
         "cpu_cores": os.cpu_count(),
         "torch_default_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "lstm_fused_cpu_isa": _lstm_fused_isa(),  # which copy of our CPU loops runs
+        "onednn_bf16": _onednn_bf16(),  # whether torch's oneDNN runs bf16 GEMMs on this CPU
         "platform": platform.platform(),
         "load_average_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         # Settings that change either contender's CPU memory behaviour (unset: the defaults).
