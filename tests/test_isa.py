@@ -20,11 +20,13 @@ assert lstm_fused.cpu_isa() == sys.argv[1], (lstm_fused.cpu_isa(), sys.argv[1])
 torch.manual_seed(0)
 worst = 0.0
 for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-5)):
-    # T >= 16 with at most 16 rows: the forward packs W_hh, the backward packs it by column groups.
+    # T >= 16: the forward packs W_hh, the backward packs it by column groups (with at most 16 rows
+    # on AVX-512, any number with 16 registers; more rows read it in place on AVX-512).
     # T <= 4 with at most 4 rows (and no_grad below): W_hh read in place, the input fused too.
     for B, H, P, packed, T in ((1, 7, 0, False, 6), (3, 20, 0, True, 8), (9, 37, 0, False, 6), (6, 33, 19, True, 8),
                                (5, 16, 8, False, 6), (3, 21, 0, False, 20), (2, 18, 5, False, 17),
-                               (3, 23, 0, False, 4), (1, 17, 6, False, 2), (4, 9, 0, True, 3)):
+                               (3, 23, 0, False, 4), (1, 17, 6, False, 2), (4, 9, 0, True, 3),
+                               (19, 24, 0, False, 16), (18, 13, 0, True, 17)):
         ref = torch.nn.LSTM(11, H, num_layers=2, bidirectional=True, proj_size=P, dtype=dtype)
         ours = lstm_fused.LSTM(11, H, num_layers=2, bidirectional=True, proj_size=P, dtype=dtype)
         ours.load_state_dict(ref.state_dict())

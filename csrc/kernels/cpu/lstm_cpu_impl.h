@@ -1025,6 +1025,11 @@ constexpr int64_t kBwdPanelBytes = int64_t{512} << 10;
 // panel's first pass from L3 is most of its reads. Packed against in place, training, 2 threads:
 // B1 T16 H1024 0.90x of the time, B8 T32 H1024 0.89x, B16 T32 H1024 0.93x, B4 T16 H512 0.96x,
 // B8 / B16 T64 H512 0.97x; but B32 T32 H1024 0.975x, B32 T64 H512 1.02x, B128 T32 H512 1.02x.
+// That is AVX-512 on a Zen 4. With 16 registers (AVX2 on a Zen 3) packed wins at any batch from
+// kPackMinSteps steps, the in-place reads (a 4 KB stride at H = 1024, every line of a panel's
+// column group in one L1 set) much slower there: backward kernel, 2 threads, B32 T32 H1024 0.54x
+// of the time, B32 T64 H512 0.68x, B32 T100 H256 0.78x, B128 T32 H256 0.80x. Below kPackMinSteps
+// packing costs more than it saves (B32 T1 H1024 1.8x the time, B16 T4 H512 1.4x).
 constexpr int64_t kBwdPackMaxRows = 16;
 
 // f(nv, pb) over the column blocks [pb0, pb1) of the backward's dh product, in the groups its
@@ -1043,15 +1048,16 @@ inline void for_column_groups(int64_t pb0, int64_t pb1, F&& f) {
 template <typename scalar_t, typename acc_t>
 void pack_column_groups(const scalar_t* w, int64_t rows, int64_t P, int64_t pb0, int64_t pb1, acc_t* out) {
   constexpr int U = Tiling<acc_t>::U;
-  for_column_groups(pb0, pb1, [&](auto nv, int64_t pb) {
-    constexpr int W = decltype(nv)::value * U;
-    acc_t* o = out + pb * U * rows;
-    const int64_t c0 = pb * U, nc = std::min<int64_t>(W, P - c0);
-    for (int64_t k = 0; k < rows; ++k) {
-      for (int64_t c = 0; c < nc; ++c) o[k * W + c] = to_acc(w[k * P + c0 + c]);
-      for (int64_t c = nc; c < W; ++c) o[k * W + c] = acc_t(0);
-    }
-  });
+  // Row by row, so that w is read in order; group by group, each group's pass read a cache line
+  // from every row of w, a stride of P elements that the prefetchers did not follow.
+  for (int64_t k = 0; k < rows; ++k)
+    for_column_groups(pb0, pb1, [&](auto nv, int64_t pb) {
+      constexpr int W = decltype(nv)::value * U;
+      acc_t* o = out + pb * U * rows + k * W;
+      const int64_t c0 = pb * U, nc = std::min<int64_t>(W, P - c0);
+      for (int64_t c = 0; c < nc; ++c) o[c] = to_acc(w[k * P + c0 + c]);
+      for (int64_t c = nc; c < W; ++c) o[c] = acc_t(0);
+    });
 }
 
 template <typename scalar_t, typename acc_t>
@@ -1065,12 +1071,13 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
   const Steps steps(p.batch_sizes, T, B);
 
   // W_hh ([4H, P]) for dh_{t-1} = dgates_t W_hh: read in place when it is in acc_t with no column
-  // padding, unless the sequence has kPackMinSteps steps or more and at most kBwdPackMaxRows
-  // rows; otherwise packed by column groups (pack_column_groups), so that a register tile's k
-  // loop is one contiguous stream.
+  // padding, unless the sequence has kPackMinSteps steps or more and (AVX-512) at most
+  // kBwdPackMaxRows rows; otherwise packed by column groups (pack_column_groups), so that a
+  // register tile's k loop is one contiguous stream.
   const acc_t* whp = nullptr;  // W_hh in place, or nullptr: packed into wb
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (P == Pp && !(T >= kPackMinSteps && B <= kBwdPackMaxRows)) whp = p.w_hh;
+    const bool pack_rows = B <= kBwdPackMaxRows || LSTM_VEC_BYTES < 64;
+    if (P == Pp && !(T >= kPackMinSteps && pack_rows)) whp = p.w_hh;
   }
   Buffer<acc_t> wb = aligned_buffer<acc_t>(whp ? 0 : G * Pp);
   // W_hr as it is ([P, H]), padded to Hp: d(o*tanh(c)) = dh W_hr.
