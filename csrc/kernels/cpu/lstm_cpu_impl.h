@@ -941,8 +941,10 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   for (int64_t i = first_rows * P; i < B * P; ++i) p.h_n[i] = p.h0[i];
   for (int64_t i = first_rows * H; i < B * H; ++i) p.c_n[i] = p.c0[i];
 
-  // Batch 1 with the input on the tiles: x W_ih^T a chunk of steps ahead (lookahead_tile).
-  const bool lookahead = tile_input && B == 1;
+  // Batch 1 with the input on the tiles: x W_ih^T a chunk of steps ahead (lookahead_tile). AVX-512
+  // only (tiles_take_input never gives batch 1 the input with 16 registers): spelled out so that
+  // the other copies do not compile the lookahead's 16-accumulator loops, dead and spilling there.
+  const bool lookahead = LSTM_VEC_BYTES >= 64 && tile_input && B == 1;
   Buffer<acc_t> ring = aligned_buffer<acc_t>(lookahead ? 2 * Lookahead::S * nblk * NR : 0);
   const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp.get(), wi.get(), ring.get(), cst.data(), hpre.data()};
   const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(nblk)));
