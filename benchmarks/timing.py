@@ -8,7 +8,8 @@ A sample is `inner` back-to-back calls (enough to last `min_sample_s`) divided b
 number of repetitions is capped by a time budget. On a shared machine a burst of other work can
 disturb a few samples: while any contender's spread (interquartile range / median) stays above
 `max_spread`, more rounds run, up to `noisy_budget_factor` times the budget; a result still that
-spread is flagged noisy by the caller. On CUDA a sample is bracketed by CUDA events
+spread is flagged noisy by the caller. A call longer than `long_call_s` is timed once more in
+warm-up, and that time is its first sample (not interleaved with the other contenders). On CUDA a sample is bracketed by CUDA events
 after a synchronize; on the CPU by time.perf_counter. Never unsynchronized.
 """
 from __future__ import annotations
@@ -31,6 +32,10 @@ class TimingConfig:
     min_sample_s: float = 2e-3  # a sample lasts at least this long (short calls are batched)
     max_spread: float = 0.2  # (q75 - q25) / median above which more rounds are run
     noisy_budget_factor: float = 3.0
+    # A call at least this long is its own warm-up: the second call is the estimate and the first
+    # sample, and one round fewer runs (the wide CPU grid's largest training case is about a
+    # minute per call: six calls per contender took 12 minutes; four take 8).
+    long_call_s: float = 2.0
 
 
 @dataclass
@@ -90,19 +95,25 @@ def measure(fns: dict[str, Callable[[], object]], device: torch.device, cfg: Tim
     clock = _Clock(device)
     names = list(fns)
     estimate = {}
+    first = {n: [] for n in names}
     for name in names:
         fn = fns[name]
         clock.time(fn, 1)  # first call: lazy init, packing, JIT compiles
         t = clock.time(fn, 1)
-        calls = max(1, min(int(cfg.warmup_s / max(t, 1e-9)), 200))
-        t = clock.time(fn, calls) / calls
+        if t >= cfg.long_call_s:
+            first[name].append(t)
+        else:
+            calls = max(1, min(int(cfg.warmup_s / max(t, 1e-9)), 200))
+            t = clock.time(fn, calls) / calls
         estimate[name] = max(t, 1e-9)
 
     inner = {n: max(1, math.ceil(cfg.min_sample_s / estimate[n])) for n in names}
     per_round = sum(inner[n] * estimate[n] for n in names)
     reps = int(min(max(cfg.budget_s / per_round, cfg.min_reps), cfg.max_reps))
+    if all(first[n] for n in names):
+        reps = max(1, reps - 1)
 
-    out = Timings(per_call_s={n: [] for n in names}, inner=inner)
+    out = Timings(per_call_s=first, inner=inner)
     t0 = time.perf_counter()
     r = 0
     while True:
