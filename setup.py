@@ -5,6 +5,7 @@ Environment:
   LSTM_FUSED_CUDA_ARCHS="80;90" compute capabilities to build SASS for; PTX is added for the newest
 """
 import glob
+import importlib.util
 import os
 import shutil
 
@@ -16,6 +17,14 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _source_hash():
+    """lstm_fused/_provenance.py's hash of csrc/, compiled into the extension (lstm_fused._C.source_hash)."""
+    spec = importlib.util.spec_from_file_location("_provenance", os.path.join(ROOT, "lstm_fused", "_provenance.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.source_hash(ROOT)
 
 
 def _want_cuda():
@@ -38,7 +47,9 @@ def _gencode_flags():
 def _extension():
     cpu_sources = [s for s in _sources("csrc/ops/*.cpp") if not s.endswith("_cuda.cpp")]
     cpu_sources += _sources("csrc/kernels/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]
+    # The hash as an identifier (a leading h), which module.cpp turns into a string: a quoted
+    # define does not survive the build's layers of shell quoting.
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", f"-DLSTM_FUSED_SOURCE_HASH=h{_source_hash()}"]
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "kernels")]
     if _want_cuda():
         sources = cpu_sources + _sources("csrc/ops/*_cuda.cpp") + _sources("csrc/kernels/cuda/*.cu")

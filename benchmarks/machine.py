@@ -70,6 +70,8 @@ def describe(device: torch.device) -> tuple[dict, dict]:
         "torch": torch.__version__,
         "lstm_fused": getattr(lstm_fused, "__version__", None),
         "lstm_fused_commit": _git_commit(),
+        # Whether the extension was built from this tree's csrc/ (None: not an editable install).
+        "lstm_fused_build_matches_source": lstm_fused._provenance.build_matches_source(),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "onednn": torch.backends.mkldnn.is_available(),

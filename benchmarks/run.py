@@ -143,6 +143,11 @@ def main(argv=None) -> int:
     print(f"lstm_fused benchmarks on {device.type}: {where}; torch {versions['torch']}, "
           f"cuDNN {versions['cudnn']}, lstm_fused {versions['lstm_fused']} ({versions['lstm_fused_commit']})")
 
+    if versions["lstm_fused_build_matches_source"] is False:
+        print("the extension was built from sources other than this tree's csrc/ (an edit not rebuilt, or "
+              "one reverted since the build): rebuild it first: pip install --no-build-isolation -e .")
+        return 2
+
     load = mach.get("load_average_1min_at_start")
     if device.type == "cpu" and load is not None and load > 0.5:
         print(f"warning: load average {load:.1f} before starting: other processes share these cores, "

@@ -20,7 +20,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     "$PY" -m pip install "${missing[@]}"
 fi
-if ! "$PY" -c "import lstm_fused._C" 2>/dev/null; then
+# Built and from this tree's csrc/ (lstm_fused/_provenance.py), else (re)build.
+if ! "$PY" -c 'import sys, lstm_fused; sys.exit(lstm_fused._provenance.build_matches_source() is False)' 2>/dev/null; then
     "$PY" -m pip install --no-build-isolation -e .
 fi
 exec "$PY" -m benchmarks.run "$@"

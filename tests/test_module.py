@@ -271,3 +271,10 @@ def test_forward_mode_ad_is_refused():
         xd = fwAD.make_dual(x, torch.randn_like(x))
         with pytest.raises(NotImplementedError):
             m(xd)
+
+
+def test_extension_built_from_this_source():
+    # An extension left from before an edit of csrc/ (or from an experiment since reverted) would
+    # test, and benchmark, other code than the tree's.
+    assert lstm_fused._provenance.build_matches_source() in (True, None), (
+        "lstm_fused._C was built from other sources than csrc/: pip install --no-build-isolation -e .")

@@ -7,6 +7,13 @@
 #include "cpu/lstm_cpu.h"
 #include "ops/common.h"
 
+// setup.py's hash of csrc/ as an identifier: h followed by the hex digits.
+#ifndef LSTM_FUSED_SOURCE_HASH
+#define LSTM_FUSED_SOURCE_HASH hunknown
+#endif
+#define LSTM_FUSED_STRING_(x) #x
+#define LSTM_FUSED_STRING(x) LSTM_FUSED_STRING_(x)
+
 namespace {
 using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
@@ -35,6 +42,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("empty_cache", &lstm_fused::release_cached_buffers,
         "Frees the memory kept for reuse by the CPU ops' large buffers (LSTM_FUSED_CPU_CACHE_MB caps it)");
   m.def("cached_bytes", &lstm_fused::cached_buffer_bytes, "Bytes the CPU ops keep for reuse now");
+  m.def("source_hash", [] { return std::string(LSTM_FUSED_STRING(LSTM_FUSED_SOURCE_HASH)).substr(1); },
+        "Hash of the csrc/ files this extension was built from (lstm_fused/_provenance.py)");
   m.def("built_with_cuda", [] {
 #ifdef LSTM_FUSED_WITH_CUDA
     return true;
