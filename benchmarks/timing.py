@@ -9,8 +9,9 @@ number of repetitions is capped by a time budget. On a shared machine a burst of
 disturb a few samples: while any contender's spread (interquartile range / median) stays above
 `max_spread`, more rounds run, up to `noisy_budget_factor` times the budget; a result still that
 spread is flagged noisy by the caller. A call longer than `long_call_s` is timed once more in
-warm-up, and that time is its first sample (not interleaved with the other contenders). On CUDA a sample is bracketed by CUDA events
-after a synchronize; on the CPU by time.perf_counter. Never unsynchronized.
+warm-up, and that time is its first sample (not interleaved with the other contenders). On CUDA
+a sample is bracketed by CUDA events after a synchronize; on the CPU by time.perf_counter. Never
+unsynchronized.
 """
 from __future__ import annotations
 
