@@ -323,21 +323,26 @@ def test_autocast_bfloat16_like_nn_lstm(x_dtype):
                                    atol=5e-2 * scale, msg=key)
 
 
+KEPT_CHUNKS = Config(T=4200, B=2, I=16, H=256, dtype=torch.float32)
 CHUNKED = [  # inference whose whole gate buffer would pass 8 MB while W_hh is small
     # fp32/fp64 batches that fill the AVX-512 register tiles take the input in the tiles instead
     # (cpu::tiles_take_input); a batch of 6 ends in a tile of 2 rows, so these run in chunks.
     Config(T=1500, B=6, I=8, H=32, num_layers=2, dtype=torch.float64),
     Config(T=3000, B=6, I=8, H=32, num_layers=2, bidirectional=True, dtype=torch.float32),
     Config(T=600, B=64, I=8, H=32, bidirectional=True, batch_first=True, dtype=torch.bfloat16),
+    # Past 32 MB of gates with W_hh larger (1 MB, 512 KB): chunks of 16 MB, 2048 steps here (the
+    # last 104) and 1365 (the last 70). Batches of 2 and 3 do not take the input on the tiles.
+    KEPT_CHUNKS,
+    Config(T=2800, B=3, I=8, H=128, bidirectional=True, dtype=torch.float64),
 ]
 
 
 @pytest.mark.parametrize("cfg", CHUNKED, ids=case_id)
 def test_parity_inference_in_time_chunks(cfg):
-    """Such inference runs the input projection and the recurrence in time chunks whose gates
-    stay in cache (csrc/ops/lstm_cpu.cpp): 2 MB of gates per chunk (341, 682 or 128 steps here)
-    with a partial last one, visited backwards for the reverse direction, state carried between
-    them."""
+    """Such inference runs the input projection and the recurrence in time chunks
+    (csrc/ops/lstm_cpu.cpp): 2 MB of gates per chunk where W_hh is small (341, 682 or 128 steps
+    here), 16 MB otherwise, with a partial last one, visited backwards for the reverse direction,
+    state carried between them."""
     ref, ours = make_pair(cfg)
     data = make_data(cfg)
     if cfg.dtype == torch.bfloat16:
@@ -355,6 +360,20 @@ def test_parity_inference_in_time_chunks(cfg):
         expected = run_model(ref, cfg, data, backward=False)
         actual = run_model(ours, cfg, data, backward=False)
     assert_results_close(actual, expected, *TOLERANCES[cfg.dtype])
+
+
+def test_large_inference_projects_in_kept_chunks():
+    """Past 32 MB of gates, more than glibc keeps between calls (fresh pages every call cost
+    B128 T256 I=H=512 11-15% of its time), the input projection runs per chunk of 16 MB of gates
+    whatever the size of W_hh: 2048, 2048 and 104 steps of 2 rows here."""
+    cfg = KEPT_CHUNKS
+    _, ours = make_pair(cfg)
+    x = torch.randn(cfg.T, cfg.B, cfg.I)
+    with torch.inference_mode(), torch.profiler.profile(record_shapes=True) as prof:
+        ours(x)
+    rows = [e.input_shapes[0][0] for e in prof.events()
+            if e.name in ("mkldnn::_linear_pointwise", "aten::mm") and e.input_shapes]
+    assert rows == [4096, 4096, 208], rows
 
 
 LOOKAHEAD = [  # batch 1, at most 512 KB of weights: x W_ih^T a chunk of 8 steps ahead (AVX-512)

@@ -32,6 +32,15 @@ typename KernelType<scalar_t>::type* kptr_mut(at::Tensor& t) {
 // Gate bytes per chunk of the chunked inference path (about half of this machine's L2 + its
 // share of L3 for two cores).
 constexpr int64_t kChunkGateBytes = int64_t{2} << 20;
+// glibc hands out blocks above its mmap threshold as fresh mappings and unmaps them when freed,
+// so each call pays a page fault and a zeroed page per 4 KB of them. The threshold follows the
+// largest block freed, up to 32 MB: a gate buffer above that is fresh pages on every call
+// (B128 T256 I=H=512 inference: 11-15% of our time, measured by telling glibc to keep freed
+// memory). Inference whose gates would pass kFreshGateBytes runs in chunks of kKeptGateBytes,
+// which glibc keeps (that row took 0.89x of the time, B8 T1024 H512 0.91x, B32 T256 H1024 0.95x).
+// Each chunk packs W_hh again: one pass over it against the chunk's 2^20 / H rows of products.
+constexpr int64_t kFreshGateBytes = int64_t{32} << 20;
+constexpr int64_t kKeptGateBytes = int64_t{16} << 20;
 
 // One thread when a step is too small to split (the barrier per step costs about a microsecond)
 // or the whole call too small to pay for waking the team.
@@ -62,14 +71,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // bf16 inference on AVX512-BF16 tiles: they read the GEMM's bf16 output as it is.
   const bool gates_lp = !save && !fuse_input && x.scalar_type() == at::kBFloat16 &&
                         cpu::bf16_tiles_used(s.T, s.B, s.H, s.P, w_hr.has_value());
-  // Inference where the gate buffer of the whole sequence would be large and W_hh small: the
-  // input projection and the recurrence run in time chunks whose gates stay in cache (whole, the
-  // GEMM is bound by writing the buffer to memory: B=128, T=1024, H=32 writes 67 MB).
+  // Inference where the gate buffer of the whole sequence would be large: the input projection
+  // and the recurrence run in time chunks. With W_hh small the chunks' gates stay in cache
+  // (whole, the GEMM is bound by writing the buffer to memory: B=128, T=1024, H=32 writes 67 MB);
+  // otherwise past kFreshGateBytes they are blocks glibc keeps between calls.
   const at::ScalarType gates_dtype = gates_lp ? x.scalar_type() : acc;
   const int64_t step_gate_bytes = s.B * 4 * s.H * at::elementSize(gates_dtype);
+  const bool small_whh = 4 * s.H * s.P * at::elementSize(acc) <= kChunkGateBytes / 8;
+  const int64_t chunk_gate_bytes = small_whh ? kChunkGateBytes : kKeptGateBytes;
   const bool chunked = !save && !fuse_input && !tile_input && !batch_sizes && s.T > 1 &&
-                       s.T * step_gate_bytes > 4 * kChunkGateBytes &&
-                       4 * s.H * s.P * at::elementSize(acc) <= kChunkGateBytes / 8;
+                       s.T * step_gate_bytes > (small_whh ? 4 * kChunkGateBytes : kFreshGateBytes);
   // The kernel computes the projection itself (fuse_input, tile_input): gates only receives the
   // activations the backward reads.
   const bool kernel_input = fuse_input || tile_input;
@@ -127,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
       return;
     }
     // Chunks in visiting order; each starts from the state the previous one left.
-    const int64_t tc = std::max<int64_t>(1, kChunkGateBytes / step_gate_bytes);
+    const int64_t tc = std::max<int64_t>(1, chunk_gate_bytes / step_gate_bytes);
     const int64_t nchunks = (s.T + tc - 1) / tc;
     at::Tensor hbuf[2] = {at::empty({s.B, s.P}, x.options()), at::empty({s.B, s.P}, x.options())};
     at::Tensor cbuf[2] = {at::empty({s.B, s.H}, x.options()), at::empty({s.B, s.H}, x.options())};
