@@ -324,7 +324,7 @@ def test_autocast_bfloat16_like_nn_lstm(x_dtype):
 
 
 KEPT_CHUNKS = Config(T=4200, B=2, I=16, H=256, dtype=torch.float32)
-CHUNKED = [  # inference whose whole gate buffer would pass 8 MB while W_hh is small
+CHUNKED = [  # inference whose whole gate buffer would pass 8 MB while W_hh is small, or 32 MB
     # fp32/fp64 batches that fill the AVX-512 register tiles take the input in the tiles instead
     # (cpu::tiles_take_input); a batch of 6 ends in a tile of 2 rows, so these run in chunks.
     Config(T=1500, B=6, I=8, H=32, num_layers=2, dtype=torch.float64),
