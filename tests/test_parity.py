@@ -324,6 +324,8 @@ def test_autocast_bfloat16_like_nn_lstm(x_dtype):
 
 
 KEPT_CHUNKS = Config(T=4200, B=2, I=16, H=256, dtype=torch.float32)
+KEPT_CHUNKS_PACKED = Config(T=9000, B=3, I=8, H=256, bidirectional=True, input_kind="packed_sorted",
+                            dtype=torch.float32)
 CHUNKED = [  # inference whose whole gate buffer would pass 8 MB while W_hh is small, or 32 MB
     # fp32/fp64 batches that fill the AVX-512 register tiles take the input in the tiles instead
     # (cpu::tiles_take_input); a batch of 6 ends in a tile of 2 rows, so these run in chunks.
@@ -334,6 +336,10 @@ CHUNKED = [  # inference whose whole gate buffer would pass 8 MB while W_hh is s
     # last 104) and 1365 (the last 70). Batches of 2 and 3 do not take the input on the tiles.
     KEPT_CHUNKS,
     Config(T=2800, B=3, I=8, H=128, bidirectional=True, dtype=torch.float64),
+    # Packed, lengths in [1, T] (so at least T + 2 rows: over 8 MB and over 32 MB of gates):
+    # sequences end inside chunks and, reversed, start inside them.
+    Config(T=9000, B=3, I=8, H=64, input_kind="packed_unsorted", dtype=torch.float32),
+    KEPT_CHUNKS_PACKED,
 ]
 
 
@@ -362,18 +368,30 @@ def test_parity_inference_in_time_chunks(cfg):
     assert_results_close(actual, expected, *TOLERANCES[cfg.dtype])
 
 
-def test_large_inference_projects_in_kept_chunks():
+@pytest.mark.parametrize("cfg", [KEPT_CHUNKS, KEPT_CHUNKS_PACKED], ids=case_id)
+def test_large_inference_projects_in_kept_chunks(cfg):
     """Past 32 MB of gates, more than glibc keeps between calls (fresh pages every call cost
     B128 T256 I=H=512 11-15% of its time), the input projection runs per chunk of 16 MB of gates
-    whatever the size of W_hh: 2048, 2048 and 104 steps of 2 rows here."""
-    cfg = KEPT_CHUNKS
+    whatever the size of W_hh (chunks of 2048 and 1365 steps here; packed, their rows are the
+    steps' batch sizes), the reverse direction's chunks from the end."""
     _, ours = make_pair(cfg)
-    x = torch.randn(cfg.T, cfg.B, cfg.I)
+    data = make_data(cfg)
+    x = data.x.float()
+    if cfg.packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, data.lengths, enforce_sorted=data.enforce_sorted)
+        steps = x.batch_sizes.tolist()
+    else:
+        steps = [cfg.B] * cfg.T
     with torch.inference_mode(), torch.profiler.profile(record_shapes=True) as prof:
         ours(x)
     rows = [e.input_shapes[0][0] for e in prof.events()
             if e.name in ("mkldnn::_linear_pointwise", "aten::mm") and e.input_shapes]
-    assert rows == [4096, 4096, 208], rows
+    tc = (16 << 20) // (cfg.B * 4 * cfg.H * 4)
+    bounds = range(0, cfg.T, tc)
+    want = [sum(steps[t:t + tc]) for t in bounds]
+    if cfg.bidirectional:
+        want += [sum(steps[max(0, t - tc):t]) for t in range(cfg.T, 0, -tc)]
+    assert len(want) > 2 and rows == want, (rows, want)
 
 
 LOOKAHEAD = [  # batch 1, at most 512 KB of weights: x W_ih^T a chunk of 8 steps ahead (AVX-512)

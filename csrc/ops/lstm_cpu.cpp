@@ -37,10 +37,13 @@ constexpr int64_t kChunkGateBytes = int64_t{2} << 20;
 // largest block freed, up to 32 MB: a gate buffer above that is fresh pages on every call
 // (B128 T256 I=H=512 inference: 11-15% of our time, measured by telling glibc to keep freed
 // memory). Inference whose gates would pass kFreshGateBytes runs in chunks of kKeptGateBytes,
-// which glibc keeps (that row took 0.89x of the time, B8 T1024 H512 0.91x, B32 T256 H1024 0.95x).
-// Each chunk packs W_hh again: one pass over it against the chunk's 2^20 / H rows of products.
+// which glibc keeps (that row took 0.89x of the time, B8 T1024 H512 0.91x, packed B32 lengths
+// 500-1000 H512 0.92x). Each chunk packs W_hh again, one pass over it for the chunk's rows of
+// products, so only where a chunk holds kMinKeptChunkRows rows or more (H <= 512 in fp32): at
+// H = 1024 (1024 rows a chunk) dense B32 T256 took 0.95x but packed B64 lengths 100-400 1.12x.
 constexpr int64_t kFreshGateBytes = int64_t{32} << 20;
 constexpr int64_t kKeptGateBytes = int64_t{16} << 20;
+constexpr int64_t kMinKeptChunkRows = 2048;
 
 // One thread when a step is too small to split (the barrier per step costs about a microsecond)
 // or the whole call too small to pay for waking the team.
@@ -74,13 +77,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // Inference where the gate buffer of the whole sequence would be large: the input projection
   // and the recurrence run in time chunks. With W_hh small the chunks' gates stay in cache
   // (whole, the GEMM is bound by writing the buffer to memory: B=128, T=1024, H=32 writes 67 MB);
-  // otherwise past kFreshGateBytes they are blocks glibc keeps between calls.
+  // otherwise past kFreshGateBytes, where a chunk holds kMinKeptChunkRows, they are blocks glibc
+  // keeps between calls. Packed batches too, their chunks of fewer rows as sequences end.
   const at::ScalarType gates_dtype = gates_lp ? x.scalar_type() : acc;
-  const int64_t step_gate_bytes = s.B * 4 * s.H * at::elementSize(gates_dtype);
+  const int64_t row_gate_bytes = 4 * s.H * at::elementSize(gates_dtype);
+  const int64_t step_gate_bytes = s.B * row_gate_bytes;
   const bool small_whh = 4 * s.H * s.P * at::elementSize(acc) <= kChunkGateBytes / 8;
   const int64_t chunk_gate_bytes = small_whh ? kChunkGateBytes : kKeptGateBytes;
-  const bool chunked = !save && !fuse_input && !tile_input && !batch_sizes && s.T > 1 &&
-                       s.T * step_gate_bytes > (small_whh ? 4 * kChunkGateBytes : kFreshGateBytes);
+  const bool chunked = !save && !fuse_input && !tile_input && s.T > 1 &&
+                       (small_whh ? s.N * row_gate_bytes > 4 * kChunkGateBytes
+                                  : s.N * row_gate_bytes > kFreshGateBytes &&
+                                        kKeptGateBytes / row_gate_bytes >= kMinKeptChunkRows);
   // The kernel computes the projection itself (fuse_input, tile_input): gates only receives the
   // activations the backward reads.
   const bool kernel_input = fuse_input || tile_input;
@@ -137,31 +144,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
       cpu::lstm_forward(p);
       return;
     }
-    // Chunks in visiting order; each starts from the state the previous one left.
+    // Chunks in visiting order, the state carried in h_n and c_n: the kernel reads h0 and c0
+    // whole before it writes any state, leaves the rows a chunk does not run as they are (finished
+    // ones, or in the reverse direction ones not yet started), and writes every row it ran at the
+    // chunk's last step. A chunk's steps have at most B rows each (fewer when packed).
     const int64_t tc = std::max<int64_t>(1, chunk_gate_bytes / step_gate_bytes);
     const int64_t nchunks = (s.T + tc - 1) / tc;
-    at::Tensor hbuf[2] = {at::empty({s.B, s.P}, x.options()), at::empty({s.B, s.P}, x.options())};
-    at::Tensor cbuf[2] = {at::empty({s.B, s.H}, x.options()), at::empty({s.B, s.H}, x.options())};
+    const int64_t* bsp = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
+    std::vector<int64_t> off(s.T + 1, 0);  // off[t]: the first row of step t
+    for (int64_t t = 0; t < s.T; ++t) off[t + 1] = off[t] + (bsp ? bsp[t] : s.B);
+    h_n.copy_(h0c);
+    c_n.copy_(c0c);
+    p.h0 = p.h_n;
+    p.c0 = p.c_n;
     kscalar* y0 = kptr_mut<scalar_t>(y);
     for (int64_t i = 0; i < nchunks; ++i) {
       const int64_t t0 = reverse ? std::max<int64_t>(0, s.T - (i + 1) * tc) : i * tc;
       const int64_t t1 = reverse ? s.T - i * tc : std::min(s.T, (i + 1) * tc);
       LayerShape sc = s;
       sc.T = t1 - t0;
-      sc.N = sc.T * s.B;
-      at::Tensor g = input_projection(x.narrow(0, t0, sc.T), w_ih, sc, gates_dtype);
-      const bool last = i == nchunks - 1;
+      sc.N = off[t1] - off[t0];
+      const at::Tensor xi = bsp ? x.narrow(0, off[t0], sc.N) : x.narrow(0, t0, sc.T);
+      at::Tensor g = input_projection(xi, w_ih, sc, gates_dtype);
       p.T = sc.T;
+      p.batch_sizes = bsp ? bsp + t0 : nullptr;
       if (gates_lp) {
         p.gates_lp = kptr<scalar_t>(g);
       } else {
         p.gates = g.mutable_data_ptr<kacc>();
       }
-      p.y = y0 + t0 * s.B * s.P;
-      p.h0 = i == 0 ? kptr<scalar_t>(h0c) : kptr<scalar_t>(hbuf[(i - 1) & 1]);
-      p.c0 = i == 0 ? kptr<scalar_t>(c0c) : kptr<scalar_t>(cbuf[(i - 1) & 1]);
-      p.h_n = last ? kptr_mut<scalar_t>(h_n) : kptr_mut<scalar_t>(hbuf[i & 1]);
-      p.c_n = last ? kptr_mut<scalar_t>(c_n) : kptr_mut<scalar_t>(cbuf[i & 1]);
+      p.y = y0 + off[t0] * s.P;
       cpu::lstm_forward(p);
     }
   });
