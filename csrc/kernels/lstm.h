@@ -52,6 +52,8 @@ struct ForwardParams {
   bool recurrent_in_gates = false;
   const scalar_t* w_hh = nullptr;  // [4H, P] read
   const scalar_t* w_hr = nullptr;  // [P, H] read, or nullptr when P == H without projection
+  // CPU: h0 may be h_n and c0 c_n (read whole before any state is written; rows the call does
+  // not run keep their values): the adapter's time chunks carry the state in them.
   const scalar_t* h0 = nullptr;    // [B, P] read
   const scalar_t* c0 = nullptr;    // [B, H] read
   scalar_t* y = nullptr;           // [N, P] written: h of every row
