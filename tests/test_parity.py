@@ -326,6 +326,8 @@ def test_autocast_bfloat16_like_nn_lstm(x_dtype):
 KEPT_CHUNKS = Config(T=4200, B=2, I=16, H=256, dtype=torch.float32)
 KEPT_CHUNKS_PACKED = Config(T=9000, B=3, I=8, H=256, bidirectional=True, input_kind="packed_sorted",
                             dtype=torch.float32)
+# H = 1024 (1024 rows a chunk) with a projection: both packs (W_hh, W_hr^T) kept across chunks.
+KEPT_CHUNKS_PROJ = Config(T=2200, B=2, I=8, H=1024, proj_size=64, bidirectional=True, dtype=torch.float32)
 CHUNKED = [  # inference whose whole gate buffer would pass 8 MB while W_hh is small, or 32 MB
     # fp32/fp64 batches that fill the AVX-512 register tiles take the input in the tiles instead
     # (cpu::tiles_take_input); a batch of 6 ends in a tile of 2 rows, so these run in chunks.
@@ -340,6 +342,7 @@ CHUNKED = [  # inference whose whole gate buffer would pass 8 MB while W_hh is s
     # sequences end inside chunks and, reversed, start inside them.
     Config(T=9000, B=3, I=8, H=64, input_kind="packed_unsorted", dtype=torch.float32),
     KEPT_CHUNKS_PACKED,
+    KEPT_CHUNKS_PROJ,
 ]
 
 
@@ -368,11 +371,11 @@ def test_parity_inference_in_time_chunks(cfg):
     assert_results_close(actual, expected, *TOLERANCES[cfg.dtype])
 
 
-@pytest.mark.parametrize("cfg", [KEPT_CHUNKS, KEPT_CHUNKS_PACKED], ids=case_id)
+@pytest.mark.parametrize("cfg", [KEPT_CHUNKS, KEPT_CHUNKS_PACKED, KEPT_CHUNKS_PROJ], ids=case_id)
 def test_large_inference_projects_in_kept_chunks(cfg):
     """Past 32 MB of gates, more than glibc keeps between calls (fresh pages every call cost
     B128 T256 I=H=512 11-15% of its time), the input projection runs per chunk of 16 MB of gates
-    whatever the size of W_hh (chunks of 2048 and 1365 steps here; packed, their rows are the
+    whatever the size of W_hh (chunks of 2048, 1365 and 512 steps here; packed, their rows are the
     steps' batch sizes), the reverse direction's chunks from the end."""
     _, ours = make_pair(cfg)
     data = make_data(cfg)

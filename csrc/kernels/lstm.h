@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 
 namespace lstm_fused {
 
@@ -28,6 +29,27 @@ struct bf16_t {
 inline int64_t step_rows(const int64_t* batch_sizes, int64_t B, int64_t t) {
   return batch_sizes ? batch_sizes[t] : B;
 }
+
+// CPU only: the recurrent weights as the forward packs them, kept from one call to the next over
+// the same weights and sizes (the adapter's time chunks), so that they are packed once. The kernel
+// allocates a slot (64-byte aligned) and fills it on the first call that packs that weight, and
+// reads it as it is on later calls; it frees itself. Not for calls that run at the same time.
+struct PackedWeights {
+  struct Slot {
+    void* data = nullptr;
+    int64_t bytes = 0;
+    bool ready = false;  // data holds the pack
+  };
+  Slot w_hh;  // W_hh for the register tiles (the small-batch path reads it in place)
+  Slot w_hr;  // W_hr^T with a projection
+  PackedWeights() = default;
+  PackedWeights(const PackedWeights&) = delete;
+  PackedWeights& operator=(const PackedWeights&) = delete;
+  ~PackedWeights() {
+    std::free(w_hh.data);
+    std::free(w_hr.data);
+  }
+};
 
 // scalar_t: the tensor dtype (double, float, bf16_t); acc_t: what the kernel computes in
 // (double for double, float otherwise).
@@ -52,6 +74,7 @@ struct ForwardParams {
   bool recurrent_in_gates = false;
   const scalar_t* w_hh = nullptr;  // [4H, P] read
   const scalar_t* w_hr = nullptr;  // [P, H] read, or nullptr when P == H without projection
+  PackedWeights* kept = nullptr;   // CPU only: packs kept across calls, or nullptr (packed per call)
   // CPU: h0 may be h_n and c0 c_n (read whole before any state is written; rows the call does
   // not run keep their values): the adapter's time chunks carry the state in them.
   const scalar_t* h0 = nullptr;    // [B, P] read

@@ -35,15 +35,14 @@ constexpr int64_t kChunkGateBytes = int64_t{2} << 20;
 // glibc hands out blocks above its mmap threshold as fresh mappings and unmaps them when freed,
 // so each call pays a page fault and a zeroed page per 4 KB of them. The threshold follows the
 // largest block freed, up to 32 MB: a gate buffer above that is fresh pages on every call
-// (B128 T256 I=H=512 inference: 11-15% of our time, measured by telling glibc to keep freed
-// memory). Inference whose gates would pass kFreshGateBytes runs in chunks of kKeptGateBytes,
-// which glibc keeps (that row took 0.89x of the time, B8 T1024 H512 0.91x, packed B32 lengths
-// 500-1000 H512 0.92x). Each chunk packs W_hh again, one pass over it for the chunk's rows of
-// products, so only where a chunk holds kMinKeptChunkRows rows or more (H <= 512 in fp32): at
-// H = 1024 (1024 rows a chunk) dense B32 T256 took 0.95x but packed B64 lengths 100-400 1.12x.
+// (B128 T256 I=H=512 inference: 11-15% of our time on a Zen 3, measured by telling glibc to keep
+// freed memory). Inference whose gates would pass kFreshGateBytes runs in chunks of
+// kKeptGateBytes, which glibc keeps (on that Zen 3: that row 0.89x of the time, B8 T1024 H512
+// 0.91x, packed B32 lengths 500-1000 H512 0.92x). The chunks share one pack of W_hh
+// (PackedWeights): packed again per chunk, packed B64 lengths 100-400 H1024 (16-step chunks of
+// ~630 rows) took 1.12x the time of one GEMM; packed once, 0.95x.
 constexpr int64_t kFreshGateBytes = int64_t{32} << 20;
 constexpr int64_t kKeptGateBytes = int64_t{16} << 20;
-constexpr int64_t kMinKeptChunkRows = 2048;
 
 // One thread when a step is too small to split (the barrier per step costs about a microsecond)
 // or the whole call too small to pay for waking the team.
@@ -77,8 +76,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // Inference where the gate buffer of the whole sequence would be large: the input projection
   // and the recurrence run in time chunks. With W_hh small the chunks' gates stay in cache
   // (whole, the GEMM is bound by writing the buffer to memory: B=128, T=1024, H=32 writes 67 MB);
-  // otherwise past kFreshGateBytes, where a chunk holds kMinKeptChunkRows, they are blocks glibc
-  // keeps between calls. Packed batches too, their chunks of fewer rows as sequences end.
+  // otherwise past kFreshGateBytes they are blocks glibc keeps between calls. Packed batches too,
+  // their chunks of fewer rows as sequences end.
   const at::ScalarType gates_dtype = gates_lp ? x.scalar_type() : acc;
   const int64_t row_gate_bytes = 4 * s.H * at::elementSize(gates_dtype);
   const int64_t step_gate_bytes = s.B * row_gate_bytes;
@@ -86,8 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   const int64_t chunk_gate_bytes = small_whh ? kChunkGateBytes : kKeptGateBytes;
   const bool chunked = !save && !fuse_input && !tile_input && s.T > 1 &&
                        (small_whh ? s.N * row_gate_bytes > 4 * kChunkGateBytes
-                                  : s.N * row_gate_bytes > kFreshGateBytes &&
-                                        kKeptGateBytes / row_gate_bytes >= kMinKeptChunkRows);
+                                  : s.N * row_gate_bytes > kFreshGateBytes);
   // The kernel computes the projection itself (fuse_input, tile_input): gates only receives the
   // activations the backward reads.
   const bool kernel_input = fuse_input || tile_input;
@@ -157,6 +155,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
     c_n.copy_(c0c);
     p.h0 = p.h_n;
     p.c0 = p.c_n;
+    PackedWeights kept;  // W_hh (and W_hr) packed by the first chunk, read by the others
+    p.kept = &kept;
     kscalar* y0 = kptr_mut<scalar_t>(y);
     for (int64_t i = 0; i < nchunks; ++i) {
       const int64_t t0 = reverse ? std::max<int64_t>(0, s.T - (i + 1) * tc) : i * tc;

@@ -177,6 +177,21 @@ Buffer<T> aligned_buffer(int64_t n) {
   return Buffer<T>(static_cast<T*>(ptr), std::free);
 }
 
+// n elements of slot's storage, which outlives the call (PackedWeights); (re)allocated, and so
+// not ready, when its size differs from n's.
+template <typename T>
+T* kept_buffer(PackedWeights::Slot& slot, int64_t n) {
+  const int64_t bytes = round_up(n * static_cast<int64_t>(sizeof(T)), 64);
+  if (slot.bytes != bytes) {
+    std::free(slot.data);
+    slot = PackedWeights::Slot{};
+    slot.data = std::aligned_alloc(64, static_cast<size_t>(bytes));
+    if (!slot.data) throw std::bad_alloc();
+    slot.bytes = bytes;
+  }
+  return static_cast<T*>(slot.data);
+}
+
 // Splits [0, n) into nt nearly equal contiguous parts and returns part tid as [*begin, *end).
 inline void split_range(int64_t n, int tid, int nt, int64_t* begin, int64_t* end) {
   *begin = n * tid / nt;
@@ -919,11 +934,18 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
 #endif
   const bool fp_tiles = !gemv && !dot;
   const bool pack = fp_tiles && !p.recurrent_in_gates;
-  Buffer<acc_t> wp = aligned_buffer<acc_t>(pack ? P * 4 * Hp : 0);
+  // With p.kept the packs outlive the call: a later call over the same weights reads them as the
+  // first one left them (the adapter's time chunks).
+  PackedWeights* const kept = p.kept;
+  Buffer<acc_t> wp_own = aligned_buffer<acc_t>(pack && !kept ? P * 4 * Hp : 0);
+  acc_t* const wp = !pack ? nullptr : kept ? kept_buffer<acc_t>(kept->w_hh, P * 4 * Hp) : wp_own.get();
+  const bool pack_whh = pack && !(kept && kept->w_hh.ready);
   // With x set on the tile path the tiles multiply x_t by W_ih^T too (packed as W_hh is).
   const bool tile_input = fp_tiles && p.x != nullptr;
   Buffer<acc_t> wi = aligned_buffer<acc_t>(tile_input ? p.I * 4 * Hp : 0);
-  Buffer<acc_t> wr = aligned_buffer<acc_t>(proj ? H * Pp : 0);
+  Buffer<acc_t> wr_own = aligned_buffer<acc_t>(proj && !kept ? H * Pp : 0);
+  acc_t* const wr = !proj ? nullptr : kept ? kept_buffer<acc_t>(kept->w_hr, H * Pp) : wr_own.get();
+  const bool pack_whr = proj && !(kept && kept->w_hr.ready);
   const int64_t P2 = (P + 1) / 2;
   Buffer<uint32_t> wpb = aligned_buffer<uint32_t>(dot ? nblk * P2 * NR : 0);
   std::vector<uint16_t> hb(dot ? 2 * B * 2 * P2 : 0, 0);
@@ -946,7 +968,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   // the other copies do not compile the lookahead's 16-accumulator loops, dead and spilling there.
   const bool lookahead = LSTM_VEC_BYTES >= 64 && tile_input && B == 1;
   Buffer<acc_t> ring = aligned_buffer<acc_t>(lookahead ? 2 * Lookahead::S * nblk * NR : 0);
-  const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp.get(), wi.get(), ring.get(), cst.data(), hpre.data()};
+  const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp, wi.get(), ring.get(), cst.data(), hpre.data()};
   const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(nblk)));
   SpinBarrier bar;
   run_team(nt_req, bar, [&](int tid, int nt) {
@@ -955,13 +977,13 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
     split_range(Pp / U, tid, nt, &pb0, &pb1);
     // Each thread packs the weights only it reads (its unit blocks, its projection columns): in
     // parallel, into its own cache, and with no barrier before the first step.
-    if (pack) pack_gate_weight(p.w_hh, H, P, ub0, ub1, wp.get(), Tl::GV);
+    if (pack_whh) pack_gate_weight(p.w_hh, H, P, ub0, ub1, wp, Tl::GV);
     if (tile_input) pack_gate_weight(p.w_ih, H, p.I, ub0, ub1, wi.get(), lookahead ? Lookahead::RV : Tl::GV);
     // The lookahead's x rows of the next chunk, transposed, this thread's copy.
     std::vector<acc_t> xt(lookahead ? p.I * Lookahead::S : 0);
     if (lookahead) lookahead_rows(p, ctx, 0, xt.data());
     for (int64_t blk = ub0; blk < ub1 && lookahead; ++blk) lookahead_first(ctx, p.I, blk, xt.data());
-    if (proj) pack_w_hr(p.w_hr, H, P, pb0 * U, pb1 * U, wr.get());
+    if (pack_whr) pack_w_hr(p.w_hr, H, P, pb0 * U, pb1 * U, wr);
 #ifdef LSTM_BF16_DOT
     if constexpr (std::is_same_v<scalar_t, bf16_t>) {
       if (dot) pack_w_hh_bf16(p.w_hh, H, P, ub0, ub1, wpb.get());
@@ -1006,7 +1028,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
           constexpr int M = decltype(m)::value;
           const acc_t* arows[M];
           for (int r = 0; r < M; ++r) arows[r] = hpre.data() + (r0 + r) * Hp;
-          column_blocks(H, arows, wr.get(), Pp, pb0, pb1, [&](int r, int64_t pb, V h) {
+          column_blocks(H, arows, wr, Pp, pb0, pb1, [&](int r, int64_t pb, V h) {
             const int nc = static_cast<int>(std::min<int64_t>(U, P - pb * U));
             const int64_t b = r0 + r, row = row0 + b;
             store_n(hnext + b * P + pb * U, h, nc);
@@ -1020,6 +1042,9 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
       bar.wait();
     }
   });
+  // Every block and column is packed now (the team covered them all, whatever its size).
+  if (kept && pack) kept->w_hh.ready = true;
+  if (kept && proj) kept->w_hr.ready = true;
 }
 
 constexpr int64_t kBwdPanelBytes = int64_t{512} << 10;
