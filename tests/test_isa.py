@@ -1,4 +1,4 @@
-"""Each instruction-set copy of the CPU loops (AVX-512, AVX2, baseline) against torch.nn.LSTM.
+"""Each instruction-set copy of the CPU loops (AMX, AVX-512, AVX2, baseline) against torch.nn.LSTM.
 
 The widest path the CPU supports runs everywhere else in the suite; LSTM_FUSED_CPU_ISA caps the
 choice, read once per process, so each path runs here in a subprocess of its own.
@@ -11,7 +11,7 @@ import pytest
 
 import lstm_fused
 
-_ORDER = ["baseline", "avx2", "avx512"]
+_ORDER = ["baseline", "avx2", "avx512", "amx"]
 
 _SCRIPT = r"""
 import sys, torch, lstm_fused
@@ -49,10 +49,42 @@ for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-5)):
             worst = max(worst, err)
             assert err < tol, (dtype, B, H, P, packed, err)
 print("max scaled error", worst)
+# bfloat16 (AMX tiles on "amx", vdpbf16ps on "avx512" with AVX512-BF16, fp32 elsewhere): against
+# nn.LSTM in fp64 on the same bf16 values, within twice nn.LSTM's own bf16 error plus 1e-2 (scaled).
+# Batches of 20 and 40 fill AMX row tiles (pairs, a partial one) and take the input on them; 3 and
+# packed 18 (rows shrink by step) run partial tiles; I = 11 and H = 21 pad k to 32.
+for B, H, packed, T in ((20, 40, False, 17), (3, 21, False, 20), (18, 13, True, 17), (40, 24, False, 16)):
+    ref = torch.nn.LSTM(11, H, num_layers=2, bidirectional=True, dtype=torch.bfloat16)
+    ours = lstm_fused.LSTM(11, H, num_layers=2, bidirectional=True, dtype=torch.bfloat16)
+    ours.load_state_dict(ref.state_dict())
+    ref64 = torch.nn.LSTM(11, H, num_layers=2, bidirectional=True, dtype=torch.float64)
+    ref64.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    if packed:
+        seqs = [torch.randn(int(n), 11).bfloat16() for n in torch.randint(1, T + 1, (B,))]
+        inputs = [pack_sequence(seqs, enforce_sorted=False), pack_sequence([q.double() for q in seqs], enforce_sorted=False)]
+    else:
+        x = torch.randn(T, B, 11).bfloat16()
+        inputs = [x, x.double()]
+    res = []
+    for m, inp in ((ours, inputs[0]), (ref, inputs[0]), (ref64, inputs[1])):
+        x_in = inp if packed else inp.clone().requires_grad_()
+        y, (h, c) = m(x_in)
+        y = y.data if packed else y
+        loss = (y.double() * y.double().detach().sin()).sum() + h.double().sum() + (c.double() ** 2).sum()
+        res.append([t.double() for t in [y, h, c] + list(torch.autograd.grad(loss, list(m.parameters())))])
+        with torch.no_grad():
+            y, (h, c) = m(inp)
+        res[-1] += [t.double() for t in (y.data if packed else y, h, c)]
+    for a, b, e in zip(*res):
+        scale = e.abs().max() + 1
+        err, torch_err = ((a - e).abs().max() / scale).item(), ((b - e).abs().max() / scale).item()
+        assert err <= 2 * torch_err + 1e-2, ("bf16", B, H, packed, err, torch_err)
+        worst = max(worst, err)
+print("max scaled error with bf16", worst)
 """
 
 
-# Every path this CPU can run (all three on any AVX-512 machine, CI's included).
+# Every path this CPU can run (three on any AVX-512 machine, four with AMX).
 _AVAILABLE = _ORDER[: _ORDER.index(lstm_fused.cpu_isa()) + 1]
 
 

@@ -68,10 +68,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // fp32/fp64 on the register tiles, where they can take it: the tiles multiply x_t by W_ih^T
   // beside h_{t-1} by W_hh^T (at batch 1, a chunk of steps ahead), in place of a GEMM over the
   // whole sequence and its [N, 4H] buffer.
-  const bool tile_input = !fuse_input && !step_gemm && x.scalar_type() == acc &&
-                          cpu::tiles_take_input(s.T, s.B, s.I, s.H, s.P, at::elementSize(acc));
+  // bf16 on AMX tiles likewise (x_t W_ih^T beside h_{t-1} W_hh^T, where they fit: amx_takes_input).
+  const bool tile_input = !fuse_input && !step_gemm &&
+                          (x.scalar_type() == acc ? cpu::tiles_take_input(s.T, s.B, s.I, s.H, s.P, at::elementSize(acc))
+                                                  : x.scalar_type() == at::kBFloat16 &&
+                                                        cpu::amx_takes_input(s.T, s.B, s.I, s.H, s.P, w_hr.has_value()));
   // bf16 inference on AVX512-BF16 tiles: they read the GEMM's bf16 output as it is.
-  const bool gates_lp = !save && !fuse_input && x.scalar_type() == at::kBFloat16 &&
+  const bool gates_lp = !save && !fuse_input && !tile_input && x.scalar_type() == at::kBFloat16 &&
                         cpu::bf16_tiles_used(s.T, s.B, s.H, s.P, w_hr.has_value());
   // Inference where the gate buffer of the whole sequence would be large: the input projection
   // and the recurrence run in time chunks. With W_hh small the chunks' gates stay in cache

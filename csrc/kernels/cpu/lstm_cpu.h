@@ -37,7 +37,11 @@ bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_by
 // fp64, acc_bytes the size of acc_t): then the caller passes ForwardParams::x and no gates.
 bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes);
 
-// "avx512", "avx2" or "baseline": the code path lstm_forward/lstm_backward take on this CPU.
+// Whether lstm_forward<bf16_t> runs AMX tiles for these sizes and they take the input projection
+// too: then the caller passes ForwardParams::x (and w_ih, bias) and no gates, as tiles_take_input.
+bool amx_takes_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool proj);
+
+// "amx", "avx512", "avx2" or "baseline": the code path lstm_forward/lstm_backward take on this CPU.
 const char* isa_name();
 
 }  // namespace cpu

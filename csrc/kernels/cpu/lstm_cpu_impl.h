@@ -643,6 +643,17 @@ bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int
   return (full_tiles && weight_bytes <= kTileInputWeightBytes) || lookahead;
 }
 
+// Whether the AMX tiles take the input projection (the dispatcher asks only where they run: bf16
+// with Isa::kAmx): a batch of at least one whole row tile, and the bf16 weights (W_ih and W_hh,
+// read every step) at most kTileInputWeightBytes. Against oneDNN's bf16 GEMM first (AMX too), 2
+// threads, T = 100, I = H = 256: B128 0.77x of the time, B32 0.88x, B8 1.05x, B4 1.23x; B32 I=H=512
+// (4 MB) 0.98x, I=H=1024 (16 MB) 1.01x.
+constexpr int64_t kAmxInputMinRows = 16;
+bool amx_takes_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool proj) {
+  return !proj && B >= kAmxInputMinRows && !small_batch_path(T, B, H, P, sizeof(float)) &&
+         (I + P) * 4 * H * 2 <= kTileInputWeightBytes;
+}
+
 // One round of an in-register transpose of U x U: for rows a = r[i] and b = r[i + S] (i & S == 0),
 // swap a's lanes with bit S set and b's lanes with it clear (the off-diagonal S x S blocks).
 template <int S, typename V, size_t... L>
@@ -852,6 +863,124 @@ __attribute__((target("avx512bf16"))) void gate_tile_bf16(
     store_n(reinterpret_cast<bf16_t*>(hbnext) + b * 2 * P2 + j0, h, nu);
   }
 }
+
+// bfloat16 through AMX (Sapphire Rapids and later; the dispatcher's Isa::kAmx): tdpbf16ps takes a
+// 16 x 32 tile of h_{t-1} (bf16) against a 32 x 16 tile of W_hh^T into 16 x 16 fp32 sums, 8192
+// products per instruction where vdpbf16ps does 32. The weight tiles are pack_w_hh_bf16's pairs as
+// they are (a gate's 16 units of 16 k-pairs, row stride 4U pairs); h rows have a stride of P2s
+// pairs (P rounded up to 32, zeros past P) and there are B rounded up to 16 of them (rows past B,
+// and rows idle at a step, computed and dropped). Tiles 0-3: one row tile's four gates; 4: h;
+// 5, 6: weights, alternated. amx_begin configures a thread's tiles, amx_end releases them.
+struct alignas(64) AmxConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+__attribute__((target("amx-tile"))) inline void amx_begin() {
+  alignas(64) AmxConfig cfg;
+  for (int i = 0; i < 8; ++i) {
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
+  }
+  // GCC's _tile_loadconfig does not tell the compiler that it reads all 64 bytes (it dropped the
+  // stores above without this).
+  __asm__ volatile("" : : "r"(&cfg) : "memory");
+  _tile_loadconfig(&cfg);
+}
+
+__attribute__((target("amx-tile"))) inline void amx_end() { _tile_release(); }
+
+// The products of one unit block for row tiles r0 and (NT == 2) r0 + 16, into sums[tile][gate]:
+// h_{t-1} against W_hh^T, then (wib) x_t against W_ih^T. One row tile: tiles 0-3 take its four
+// gates, 4 the h / x rows, 5 and 6 the weights. Two: two passes of two gates, tiles 0-1 and 2-3
+// the two row tiles' sums, 4-5 their rows, 6-7 the weights, so each weight tile loaded (from L2:
+// a thread's share of the packs is 512 KB at I = H = 256) serves both row tiles.
+template <int NT>
+__attribute__((target("amx-tile,amx-bf16"))) inline void amx_products(const uint32_t* w, int64_t K2, const uint16_t* a) {
+  const int64_t lda = 4 * K2;       // bytes per row of a
+  const int64_t pass = K2 * 2 * 16;  // uint32 per gate pair (pack_weight_amx)
+  if constexpr (NT == 1) {
+    for (int64_t k2 = 0; k2 < K2; k2 += 16) {
+      const uint32_t* wk = w + k2 * 2 * 16;
+      _tile_loadd(4, a + 2 * k2, lda);
+      _tile_loadd(5, wk, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      _tile_loadd(6, wk + 256, 64);
+      _tile_dpbf16ps(1, 4, 6);
+      _tile_loadd(5, wk + pass, 64);
+      _tile_dpbf16ps(2, 4, 5);
+      _tile_loadd(6, wk + pass + 256, 64);
+      _tile_dpbf16ps(3, 4, 6);
+    }
+  } else {
+    const uint16_t* a1 = a + 16 * 2 * K2;
+    for (int64_t k2 = 0; k2 < K2; k2 += 16) {
+      const uint32_t* wk = w + k2 * 2 * 16;
+      _tile_loadd(4, a + 2 * k2, lda);
+      _tile_loadd(5, a1 + 2 * k2, lda);
+      _tile_loadd(6, wk, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_loadd(7, wk + 256, 64);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+}
+
+template <int NT>
+__attribute__((target("amx-tile,amx-bf16"))) void gate_tile_amx(
+    const ForwardParams<bf16_t, float>& p, const ForwardCtx<float>& x, const uint32_t* wpb, int64_t P2s,
+    const uint32_t* wib, const uint16_t* xs, int64_t I2s, int64_t blk, int64_t r0, int nrows, int64_t row0,
+    int64_t t, const uint16_t* hbcur, float* hnext, uint16_t* hbnext) {
+  constexpr int U = 16, NR = 4 * U;
+  const int64_t j0 = blk * U;
+  const int nu = static_cast<int>(std::min<int64_t>(U, x.H - j0));
+  alignas(64) float sums[NT][4][16][U];
+  const uint32_t* wh = wpb + blk * P2s * NR;
+  const uint32_t* wi = wib ? wib + blk * I2s * NR : nullptr;
+  if constexpr (NT == 1) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    amx_products<1>(wh, P2s, hbcur + r0 * 2 * P2s);
+    if (wi) amx_products<1>(wi, I2s, xs + r0 * 2 * I2s);
+    _tile_stored(0, sums[0][0], 4 * U);
+    _tile_stored(1, sums[0][1], 4 * U);
+    _tile_stored(2, sums[0][2], 4 * U);
+    _tile_stored(3, sums[0][3], 4 * U);
+  } else {
+    for (int g0 = 0; g0 < 4; g0 += 2) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      amx_products<2>(wh + g0 / 2 * P2s * 2 * U, P2s, hbcur + r0 * 2 * P2s);
+      if (wi) amx_products<2>(wi + g0 / 2 * I2s * 2 * U, I2s, xs + r0 * 2 * I2s);
+      _tile_stored(0, sums[0][g0], 4 * U);
+      _tile_stored(1, sums[0][g0 + 1], 4 * U);
+      _tile_stored(2, sums[1][g0], 4 * U);
+      _tile_stored(3, sums[1][g0 + 1], 4 * U);
+    }
+  }
+  vfloat bias[4];
+  for (int g = 0; g < 4; ++g) bias[g] = p.bias ? load_n<vfloat>(p.bias + g * x.H + j0, nu) : vfloat{};
+  for (int r = 0; r < nrows; ++r) {
+    const int64_t b = r0 + r;
+    vfloat pre[4];
+    for (int g = 0; g < 4; ++g) {
+      const vfloat in = wib ? vfloat{}
+                        : p.gates_lp ? load_any_n<vfloat>(p.gates_lp + (row0 + b) * x.G + g * x.H + j0, nu)
+                                     : load_n<vfloat>(p.gates + (row0 + b) * x.G + g * x.H + j0, nu);
+      pre[g] = loadu<vfloat>(sums[r / 16][g][r % 16]) + in + bias[g];
+    }
+    const vfloat h = cell_update(p, x, pre, b, row0 + b, j0, nu, t, hnext);
+    store_n(reinterpret_cast<bf16_t*>(hbnext) + b * 2 * P2s + j0, h, nu);
+  }
+}
 #endif
 
 // The transpose of a gate weight ([4H, K]: W_hh, K = P, or W_ih, K = I) for unit blocks
@@ -890,11 +1019,11 @@ void pack_w_hr(const scalar_t* w_hr, int64_t H, int64_t P, int64_t c0, int64_t c
 
 #ifdef LSTM_BF16_DOT
 // W_hh^T for unit blocks [b0, b1) in bf16 pairs along k for vdpbf16ps:
-// wpb[blk][k/2][gate][u] holds (W[k][u], W[k+1][u]); padding (units past H, k = P when P is odd)
-// is zero.
-inline void pack_w_hh_bf16(const bf16_t* w_hh, int64_t H, int64_t P, int64_t b0, int64_t b1, uint32_t* wpb) {
+// wpb[blk][k/2][gate][u] holds (W[k][u], W[k+1][u]), P2 pairs per block (at least (P + 1) / 2);
+// padding (units past H, k >= P) is zero.
+inline void pack_w_hh_bf16(const bf16_t* w_hh, int64_t H, int64_t P, int64_t P2, int64_t b0, int64_t b1,
+                           uint32_t* wpb) {
   constexpr int U = 16, NR = 4 * U;
-  const int64_t P2 = (P + 1) / 2;
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int nu = static_cast<int>(std::min<int64_t>(U, H - blk * U));
     for (int g = 0; g < 4; ++g) {
@@ -902,17 +1031,43 @@ inline void pack_w_hh_bf16(const bf16_t* w_hh, int64_t H, int64_t P, int64_t b0,
       uint32_t* out = wpb + blk * P2 * NR + g * U;
       for (int64_t k2 = 0; k2 < P2; ++k2)
         for (int u = 0; u < U; ++u) {
-          const uint32_t lo = u < nu ? w[u * P + 2 * k2].bits : 0u;
+          const uint32_t lo = u < nu && 2 * k2 < P ? w[u * P + 2 * k2].bits : 0u;
           const uint32_t hi = u < nu && 2 * k2 + 1 < P ? w[u * P + 2 * k2 + 1].bits : 0u;
           out[k2 * NR + u] = lo | (hi << 16);
         }
     }
   }
 }
+// A gate weight ([4H, K]: W_hh, K = P, or W_ih, K = I) for gate_tile_amx, unit blocks [b0, b1):
+// each weight tile (16 k-pairs x 16 units of one gate, 1 KB) contiguous, in the order the tiles
+// read them: out[blk][gate / 2][K2 / 16][gate % 2][16 pairs][16 units], K2 pairs per block (a
+// multiple of 16; padding zero). So a pass streams through memory, not every fourth line.
+inline void pack_weight_amx(const bf16_t* w_g, int64_t H, int64_t K, int64_t K2, int64_t b0, int64_t b1,
+                            uint32_t* out) {
+  constexpr int U = 16;
+  const int64_t kt_n = K2 / 16;
+  for (int64_t blk = b0; blk < b1; ++blk) {
+    const int nu = static_cast<int>(std::min<int64_t>(U, H - blk * U));
+    for (int g = 0; g < 4; ++g) {
+      const bf16_t* w = w_g + (g * H + blk * U) * K;
+      for (int64_t kt = 0; kt < kt_n; ++kt) {
+        uint32_t* o = out + blk * K2 * 4 * U + ((g / 2) * kt_n + kt) * 2 * 16 * U + (g % 2) * 16 * U;
+        for (int kr = 0; kr < 16; ++kr) {
+          const int64_t k = 2 * (kt * 16 + kr);
+          for (int u = 0; u < U; ++u) {
+            const uint32_t lo = u < nu && k < K ? w[u * K + k].bits : 0u;
+            const uint32_t hi = u < nu && k + 1 < K ? w[u * K + k + 1].bits : 0u;
+            o[kr * U + u] = lo | (hi << 16);
+          }
+        }
+      }
+    }
+  }
+}
 #endif
 
 template <typename scalar_t, typename acc_t>
-void forward(const ForwardParams<scalar_t, acc_t>& p) {
+void forward(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
   using Tl = Tiling<acc_t>;
   using V = typename VecOf<acc_t>::type;
   constexpr int U = Tl::U, MR = Tl::MR, NR = Tl::NR;
@@ -929,8 +1084,11 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   // The AVX512-BF16 path (see gate_tile_bf16): bf16 weights and h; no projection.
   bool dot = false;
   if constexpr (std::is_same_v<scalar_t, bf16_t>) dot = !gemv && !proj && cpu_has_bf16_dot();
+  // The same path on AMX tiles (gate_tile_amx) where the dispatcher allows them.
+  const bool amx_tiles = dot && amx;
 #else
-  constexpr bool dot = false;
+  constexpr bool dot = false, amx_tiles = false;
+  (void)amx;
 #endif
   const bool fp_tiles = !gemv && !dot;
   const bool pack = fp_tiles && !p.recurrent_in_gates;
@@ -946,12 +1104,18 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
   Buffer<acc_t> wr_own = aligned_buffer<acc_t>(proj && !kept ? H * Pp : 0);
   acc_t* const wr = !proj ? nullptr : kept ? kept_buffer<acc_t>(kept->w_hr, H * Pp) : wr_own.get();
   const bool pack_whr = proj && !(kept && kept->w_hr.ready);
-  const int64_t P2 = (P + 1) / 2;
+  // bf16 h (double-buffered as hbuf below) in rows of P2 pairs, HB rows: for AMX, whole tiles.
+  const int64_t P2 = amx_tiles ? round_up(P, 32) / 2 : (P + 1) / 2, HB = amx_tiles ? round_up(B, 16) : B;
   Buffer<uint32_t> wpb = aligned_buffer<uint32_t>(dot ? nblk * P2 * NR : 0);
-  std::vector<uint16_t> hb(dot ? 2 * B * 2 * P2 : 0, 0);
+  // AMX with x set: the tiles take the input too (amx_takes_input), W_ih packed as W_hh is, and
+  // each thread copies a step's rows of x into whole tiles of I2 pairs (zeros past I).
+  const bool amx_input = amx_tiles && p.x != nullptr;
+  const int64_t I2 = amx_input ? round_up(p.I, 32) / 2 : 0;
+  Buffer<uint32_t> wib = aligned_buffer<uint32_t>(amx_input ? nblk * I2 * NR : 0);
+  std::vector<uint16_t> hb(dot ? 2 * HB * 2 * P2 : 0, 0);
   if constexpr (std::is_same_v<scalar_t, bf16_t>) {
     for (int64_t b = 0; b < (dot ? B : 0); ++b)
-      for (int64_t k = 0; k < P; ++k) hb[b * 2 * P2 + k] = hb[(B + b) * 2 * P2 + k] = p.h0[b * P + k].bits;
+      for (int64_t k = 0; k < P; ++k) hb[b * 2 * P2 + k] = hb[(HB + b) * 2 * P2 + k] = p.h0[b * P + k].bits;
   }
   // h is double-buffered (every thread reads all of h_{t-1} while writing its part of h_t);
   // rows not yet started keep h0 in both buffers. c belongs to the thread owning the unit.
@@ -986,9 +1150,13 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
     if (pack_whr) pack_w_hr(p.w_hr, H, P, pb0 * U, pb1 * U, wr);
 #ifdef LSTM_BF16_DOT
     if constexpr (std::is_same_v<scalar_t, bf16_t>) {
-      if (dot) pack_w_hh_bf16(p.w_hh, H, P, ub0, ub1, wpb.get());
+      if (dot && !amx_tiles) pack_w_hh_bf16(p.w_hh, H, P, P2, ub0, ub1, wpb.get());
+      if (amx_tiles) pack_weight_amx(p.w_hh, H, P, P2, ub0, ub1, wpb.get());
+      if (amx_input) pack_weight_amx(p.w_ih, H, p.I, I2, ub0, ub1, wib.get());
+      if (amx_tiles) amx_begin();
     }
 #endif
+    std::vector<uint16_t> xs(amx_input ? HB * 2 * I2 : 0, 0);
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = p.reverse ? T - 1 - s : s;
       const int64_t rows = steps.rows(t), row0 = steps.off[t];
@@ -1002,11 +1170,23 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
         });
 #ifdef LSTM_BF16_DOT
       if constexpr (std::is_same_v<scalar_t, bf16_t>) {
-        const uint32_t* hbcur = reinterpret_cast<const uint32_t*>(hb.data() + (s & 1) * B * 2 * P2);
-        uint16_t* hbnext = hb.data() + ((s + 1) & 1) * B * 2 * P2;
-        for (int64_t blk = ub0; blk < ub1 && dot; ++blk)
+        const uint16_t* hbcur = hb.data() + (s & 1) * HB * 2 * P2;
+        uint16_t* hbnext = hb.data() + ((s + 1) & 1) * HB * 2 * P2;
+        for (int64_t b = 0; b < rows && amx_input; ++b)
+          std::memcpy(xs.data() + b * 2 * I2, p.x + (row0 + b) * p.I, p.I * sizeof(bf16_t));
+        for (int64_t blk = ub0; blk < ub1 && amx_tiles; ++blk)
+          for (int64_t r0 = 0; r0 < rows; r0 += 32) {
+            const int n = static_cast<int>(std::min<int64_t>(32, rows - r0));
+            if (n > 16) {
+              gate_tile_amx<2>(p, ctx, wpb.get(), P2, wib.get(), xs.data(), I2, blk, r0, n, row0, t, hbcur, hnext, hbnext);
+            } else {
+              gate_tile_amx<1>(p, ctx, wpb.get(), P2, wib.get(), xs.data(), I2, blk, r0, n, row0, t, hbcur, hnext, hbnext);
+            }
+          }
+        for (int64_t blk = ub0; blk < ub1 && dot && !amx_tiles; ++blk)
           for_row_tiles<MR>(rows, [&](int64_t r0, auto m) {
-            gate_tile_bf16<decltype(m)::value>(p, ctx, wpb.get(), P2, blk, r0, row0, t, hbcur, hnext, hbnext);
+            gate_tile_bf16<decltype(m)::value>(p, ctx, wpb.get(), P2, blk, r0, row0, t,
+                                               reinterpret_cast<const uint32_t*>(hbcur), hnext, hbnext);
           });
       }
 #endif
@@ -1041,6 +1221,9 @@ void forward(const ForwardParams<scalar_t, acc_t>& p) {
       // have finished for good, with the reverse one they have not started and hold h0 in both.
       bar.wait();
     }
+#ifdef LSTM_BF16_DOT
+    if (amx_tiles) amx_end();
+#endif
   });
   // Every block and column is packed now (the team covered them all, whatever its size).
   if (kept && pack) kept->w_hh.ready = true;

@@ -25,10 +25,11 @@
   namespace cpu {                                                                      \
   namespace isa {                                                                      \
   template <typename scalar_t, typename acc_t>                                         \
-  void forward(const ForwardParams<scalar_t, acc_t>& p);                               \
+  void forward(const ForwardParams<scalar_t, acc_t>& p, bool amx);                     \
   template <typename scalar_t, typename acc_t>                                         \
   void backward(const BackwardParams<scalar_t, acc_t>& p);                             \
   bool cpu_has_bf16_dot();                                                             \
+  bool amx_takes_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool proj); \
   bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_bytes); \
   bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,         \
                         int64_t acc_bytes);                                            \
@@ -40,9 +41,9 @@
   namespace lstm_fused {                                                                          \
   namespace cpu {                                                                                 \
   namespace isa {                                                                                 \
-  template void forward<double, double>(const ForwardParams<double, double>&);                    \
-  template void forward<float, float>(const ForwardParams<float, float>&);                        \
-  template void forward<bf16_t, float>(const ForwardParams<bf16_t, float>&);                      \
+  template void forward<double, double>(const ForwardParams<double, double>&, bool);                    \
+  template void forward<float, float>(const ForwardParams<float, float>&, bool);                        \
+  template void forward<bf16_t, float>(const ForwardParams<bf16_t, float>&, bool);                      \
   template void backward<double, double>(const BackwardParams<double, double>&);                  \
   template void backward<float, float>(const BackwardParams<float, float>&);                      \
   template void backward<bf16_t, float>(const BackwardParams<bf16_t, float>&);                    \
