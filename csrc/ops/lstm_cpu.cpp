@@ -70,7 +70,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // whole sequence and its [N, 4H] buffer.
   // bf16 on AMX tiles likewise (x_t W_ih^T beside h_{t-1} W_hh^T, where they fit: amx_takes_input).
   const bool tile_input = !fuse_input && !step_gemm &&
-                          (x.scalar_type() == acc ? cpu::tiles_take_input(s.T, s.B, s.I, s.H, s.P, at::elementSize(acc))
+                          (x.scalar_type() == acc ? cpu::tiles_take_input(s.T, s.B, s.I, s.H, s.P, at::elementSize(acc),
+                                                                          threads_for(s.T, s.B, s.H, s.P))
                                                   : x.scalar_type() == at::kBFloat16 &&
                                                         cpu::amx_takes_input(s.T, s.B, s.I, s.H, s.P, w_hr.has_value()));
   // bf16 inference on AVX512-BF16 tiles: they read the GEMM's bf16 output as it is.

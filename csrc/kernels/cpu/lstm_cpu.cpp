@@ -79,12 +79,12 @@ bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_by
   return avx512::small_batch_path(T, B, H, P, acc_bytes);  // same rule in every copy
 }
 
-bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes) {
+bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes, int threads) {
   switch (isa()) {
     case Isa::kAmx:
-    case Isa::kAvx512: return avx512::tiles_take_input(T, B, I, H, P, acc_bytes);
-    case Isa::kAvx2: return avx2::tiles_take_input(T, B, I, H, P, acc_bytes);
-    default: return baseline::tiles_take_input(T, B, I, H, P, acc_bytes);
+    case Isa::kAvx512: return avx512::tiles_take_input(T, B, I, H, P, acc_bytes, threads);
+    case Isa::kAvx2: return avx2::tiles_take_input(T, B, I, H, P, acc_bytes, threads);
+    default: return baseline::tiles_take_input(T, B, I, H, P, acc_bytes, threads);
   }
 }
 

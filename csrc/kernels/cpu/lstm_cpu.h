@@ -34,8 +34,9 @@ bool bf16_tiles_used(int64_t T, int64_t B, int64_t H, int64_t P, bool proj);
 bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_bytes);
 
 // Whether lstm_forward's register tiles can take the input projection for these sizes (fp32 and
-// fp64, acc_bytes the size of acc_t): then the caller passes ForwardParams::x and no gates.
-bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes);
+// fp64, acc_bytes the size of acc_t; threads: ForwardParams::num_threads): then the caller passes
+// ForwardParams::x and no gates.
+bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes, int threads);
 
 // Whether lstm_forward<bf16_t> runs AMX tiles for these sizes and they take the input projection
 // too: then the caller passes ForwardParams::x (and w_ih, bias) and no gates, as tiles_take_input.

@@ -619,8 +619,17 @@ bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_by
 // sequence) when the first step fills its register tiles (a last tile of one or two rows does
 // one or two FMAs per weight vector, bound by reading W_ih from L2 where a GEMM would not be) and
 // both weights stay in L3 (32 MB of them at H = 1024 came from memory every step: 1.14-1.4x
-// slower). Measured against the GEMM: 0.90-0.97x of the time at B >= 4, H <= 512.
+// slower). Measured against the GEMM on a Zen 4 (1 MB of L2 per core): 0.90-0.97x of the time at
+// B >= 4, H <= 512. On a Xeon with AMX (2 MB of L2 per core; T = 32-128, in one process, calls
+// alternated) what counts is a thread's share of the weights, streamed from L3 every step once it
+// leaves L2: 1 MB shares won at B = 4..32 (I = H = 256 on 2 threads 0.91-0.95x), 1.5-2 MB lost
+// below 64 rows (I = 512 H = 256 B8 1.20x, B16 1.06x, B32 1.02x; I = H = 256 on 1 thread B8
+// 1.32x, B32 1.07x), 4 MB more so (I = H = 512 B8 1.40x, B32 1.11x on 2 threads), while 64 rows
+// and more carry 4 MB shares (B64 0.98x, B128 0.88x on 2 threads and 1). Hence shares of
+// kTileInputShareBytes at any batch that fills the tiles, kTileInputWeightBytes from 64 rows.
 constexpr int64_t kTileInputWeightBytes = int64_t{8} << 20;
+constexpr int64_t kTileInputShareBytes = int64_t{1} << 20;
+constexpr int64_t kTileInputManyRows = 64;
 // Batch 1 takes it through the lookahead (lookahead_tile; AVX-512 has the registers for its 16
 // accumulators) up to 512 KB of weights, where W_hh and W_ih stay in L2 beside each other.
 // Against the GEMM (1 thread / 2 threads): I = H = 128 0.87x / 0.93x of the time at T = 256,
@@ -633,14 +642,16 @@ constexpr int64_t kLookaheadWeightBytes = int64_t{512} << 10;
 // (3 MB) B = 8 +12.5 against ~15, B = 32 +39 against ~59; I = H = 512 (8 MB) B = 4 +18 against
 // ~10, B = 8 +39 against ~19, B = 32 +81 against ~75. Hence from 4 rows, up to 4 MB.
 constexpr int64_t kTileInputWeightBytes16 = int64_t{4} << 20;
-bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes) {
+bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes, int threads) {
   constexpr int MR = Tiling<float>::MR;
   const int64_t weight_bytes = (I + P) * 4 * H * acc_bytes;
   if (small_batch_path(T, B, H, P, acc_bytes)) return false;
   if constexpr (LSTM_VEC_BYTES < 64) return B >= 4 && weight_bytes <= kTileInputWeightBytes16;
   const bool full_tiles = B >= MR && (B % MR == 0 || B % MR == MR - 1 || B >= 2 * MR);
+  const bool fits = weight_bytes <= kTileInputShareBytes * std::max(threads, 1) ||
+                    (B >= kTileInputManyRows && weight_bytes <= kTileInputWeightBytes);
   const bool lookahead = B == 1 && weight_bytes <= kLookaheadWeightBytes;
-  return (full_tiles && weight_bytes <= kTileInputWeightBytes) || lookahead;
+  return (full_tiles && fits) || lookahead;
 }
 
 // Whether the AMX tiles take the input projection (the dispatcher asks only where they run: bf16

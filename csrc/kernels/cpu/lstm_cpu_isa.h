@@ -32,7 +32,7 @@
   bool amx_takes_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool proj); \
   bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_bytes); \
   bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,         \
-                        int64_t acc_bytes);                                            \
+                        int64_t acc_bytes, int threads);                               \
   }                                                                                    \
   }                                                                                    \
   }
