@@ -877,11 +877,11 @@ __attribute__((target("avx512bf16"))) void gate_tile_bf16(
 
 // bfloat16 through AMX (Sapphire Rapids and later; the dispatcher's Isa::kAmx): tdpbf16ps takes a
 // 16 x 32 tile of h_{t-1} (bf16) against a 32 x 16 tile of W_hh^T into 16 x 16 fp32 sums, 8192
-// products per instruction where vdpbf16ps does 32. The weight tiles are pack_w_hh_bf16's pairs as
-// they are (a gate's 16 units of 16 k-pairs, row stride 4U pairs); h rows have a stride of P2s
-// pairs (P rounded up to 32, zeros past P) and there are B rounded up to 16 of them (rows past B,
-// and rows idle at a step, computed and dropped). Tiles 0-3: one row tile's four gates; 4: h;
-// 5, 6: weights, alternated. amx_begin configures a thread's tiles, amx_end releases them.
+// products per instruction where vdpbf16ps does 32. The weight tiles (a gate's 16 units of 16
+// k-pairs, 1 KB) come from pack_weight_amx; h rows (and, with the input on the tiles, the step's
+// x rows copied into xs) have a stride of P2s (I2s) pairs, K rounded up to 32 with zeros past it,
+// and there are B rounded up to 16 of them (rows past B, and rows idle at a step, computed and
+// dropped). amx_begin configures a thread's eight tiles, amx_end releases them.
 struct alignas(64) AmxConfig {
   uint8_t palette = 1, start_row = 0;
   uint8_t reserved[14] = {};
