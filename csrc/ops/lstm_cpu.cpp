@@ -69,9 +69,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // beside h_{t-1} by W_hh^T (at batch 1, a chunk of steps ahead), in place of a GEMM over the
   // whole sequence and its [N, 4H] buffer.
   // bf16 on AMX tiles likewise (x_t W_ih^T beside h_{t-1} W_hh^T, where they fit: amx_takes_input).
+  const int threads = threads_for(s.T, s.B, s.H, s.P);
   const bool tile_input = !fuse_input && !step_gemm &&
-                          (x.scalar_type() == acc ? cpu::tiles_take_input(s.T, s.B, s.I, s.H, s.P, at::elementSize(acc),
-                                                                          threads_for(s.T, s.B, s.H, s.P))
+                          (x.scalar_type() == acc ? cpu::tiles_take_input(s.T, s.B, s.I, s.H, s.P, at::elementSize(acc), threads)
                                                   : x.scalar_type() == at::kBFloat16 &&
                                                         cpu::amx_takes_input(s.T, s.B, s.I, s.H, s.P, w_hr.has_value()));
   // bf16 inference on AVX512-BF16 tiles: they read the GEMM's bf16 output as it is.
@@ -120,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
     p.P = s.P;
     p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
     p.reverse = reverse;
-    p.num_threads = threads_for(s.T, s.B, s.H, s.P);
+    p.num_threads = threads;
     p.recurrent_in_gates = step_gemm;
     if (gates_lp) {
       p.gates_lp = kptr<scalar_t>(gates);

@@ -89,7 +89,7 @@ bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int
 }
 
 bool amx_takes_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool proj) {
-  return isa() == Isa::kAmx && avx512::cpu_has_bf16_dot() && avx512::amx_takes_input(T, B, I, H, P, proj);
+  return isa() == Isa::kAmx && avx512::amx_takes_input(T, B, I, H, P, proj);  // kAmx implies AVX512-BF16
 }
 
 bool bf16_tiles_used(int64_t T, int64_t B, int64_t H, int64_t P, bool proj) {

@@ -1030,11 +1030,11 @@ void pack_w_hr(const scalar_t* w_hr, int64_t H, int64_t P, int64_t c0, int64_t c
 
 #ifdef LSTM_BF16_DOT
 // W_hh^T for unit blocks [b0, b1) in bf16 pairs along k for vdpbf16ps:
-// wpb[blk][k/2][gate][u] holds (W[k][u], W[k+1][u]), P2 pairs per block (at least (P + 1) / 2);
-// padding (units past H, k >= P) is zero.
-inline void pack_w_hh_bf16(const bf16_t* w_hh, int64_t H, int64_t P, int64_t P2, int64_t b0, int64_t b1,
-                           uint32_t* wpb) {
+// wpb[blk][k/2][gate][u] holds (W[k][u], W[k+1][u]); padding (units past H, k = P when P is odd)
+// is zero.
+inline void pack_w_hh_bf16(const bf16_t* w_hh, int64_t H, int64_t P, int64_t b0, int64_t b1, uint32_t* wpb) {
   constexpr int U = 16, NR = 4 * U;
+  const int64_t P2 = (P + 1) / 2;
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int nu = static_cast<int>(std::min<int64_t>(U, H - blk * U));
     for (int g = 0; g < 4; ++g) {
@@ -1042,7 +1042,7 @@ inline void pack_w_hh_bf16(const bf16_t* w_hh, int64_t H, int64_t P, int64_t P2,
       uint32_t* out = wpb + blk * P2 * NR + g * U;
       for (int64_t k2 = 0; k2 < P2; ++k2)
         for (int u = 0; u < U; ++u) {
-          const uint32_t lo = u < nu && 2 * k2 < P ? w[u * P + 2 * k2].bits : 0u;
+          const uint32_t lo = u < nu ? w[u * P + 2 * k2].bits : 0u;
           const uint32_t hi = u < nu && 2 * k2 + 1 < P ? w[u * P + 2 * k2 + 1].bits : 0u;
           out[k2 * NR + u] = lo | (hi << 16);
         }
@@ -1161,7 +1161,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
     if (pack_whr) pack_w_hr(p.w_hr, H, P, pb0 * U, pb1 * U, wr);
 #ifdef LSTM_BF16_DOT
     if constexpr (std::is_same_v<scalar_t, bf16_t>) {
-      if (dot && !amx_tiles) pack_w_hh_bf16(p.w_hh, H, P, P2, ub0, ub1, wpb.get());
+      if (dot && !amx_tiles) pack_w_hh_bf16(p.w_hh, H, P, ub0, ub1, wpb.get());
       if (amx_tiles) pack_weight_amx(p.w_hh, H, P, P2, ub0, ub1, wpb.get());
       if (amx_input) pack_weight_amx(p.w_ih, H, p.I, I2, ub0, ub1, wib.get());
       if (amx_tiles) amx_begin();
