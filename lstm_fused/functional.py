@@ -31,8 +31,10 @@ def lstm(x, h0, c0, weights, num_layers, bidirectional, dropout, training, batch
         # after ~5 µs of checks, a fifth of a streaming step. (Inference mode skips that layer
         # already.)
         with torch._C._AutoDispatchBelowAutograd():
-            return _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save)
-    return _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save)
+            return _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=True)
+    # (Dynamo refuses torch.is_inference_mode_enabled: asked only in eager calls.)
+    pair = not save and not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
+    return _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=pair)
 
 
 def _forward_ad_level():
@@ -40,7 +42,9 @@ def _forward_ad_level():
     return torch.autograd.forward_ad._current_level
 
 
-def _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save):
+def _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=False):
+    """pair: a bidirectional layer's two directions may run concurrently (ops.call_forward_pair),
+    for inference below the autograd layer only: the second thread then runs no Python."""
     if num_layers == 1 and D == 1:  # the common case, without the loops (streaming calls are short)
         w_ih, w_hh, b_ih, b_hh, w_hr = weights[0]
         y, h, c, _, _ = ops.call_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0[0], c0[0], batch_sizes, False, save)
@@ -49,6 +53,14 @@ def _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, sa
     for layer in range(num_layers):
         if layer > 0 and dropout > 0 and training:
             x = F.dropout(x, dropout, training=True)
+        if D == 2 and pair:
+            k = layer * D
+            fwd, rev = ops.call_forward_pair(x, batch_sizes, save, (*weights[k], h0[k], c0[k]),
+                                             (*weights[k + 1], h0[k + 1], c0[k + 1]))
+            h_n += [fwd[1], rev[1]]
+            c_n += [fwd[2], rev[2]]
+            x = torch.cat((fwd[0], rev[0]), dim=-1)
+            continue
         outs = []
         for d in range(D):
             k = layer * D + d

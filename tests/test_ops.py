@@ -335,6 +335,8 @@ def test_module_eager_calls_take_the_cpp_entry(monkeypatch):
     calls = []
     real = lstm_fused.ops._forward_unboxed
     monkeypatch.setattr(lstm_fused.ops, "_forward_unboxed", lambda *a: calls.append(1) or real(*a))
+    real_pair = lstm_fused.ops._forward_pair_unboxed  # a bidirectional layer's two calls at once
+    monkeypatch.setattr(lstm_fused.ops, "_forward_pair_unboxed", lambda *a: calls.extend((1, 1)) or real_pair(*a))
     m = lstm_fused.LSTM(4, 6, num_layers=2, bidirectional=True)
     x = torch.randn(5, 3, 4)
     with torch.inference_mode():
@@ -361,6 +363,73 @@ def test_module_eager_calls_take_the_cpp_entry(monkeypatch):
     with torch.inference_mode(), mode:
         m(x)
     assert len(calls) == 4 and seen.count("lstm_fused.forward.default") == 4, seen
+
+
+def _sequential_pair(x, batch_sizes, save, args0, args1):
+    call = lstm_fused.ops.call_forward
+    return (call(x, *args0[:5], args0[5], args0[6], batch_sizes, False, save),
+            call(x, *args1[:5], args1[5], args1[6], batch_sizes, True, save))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_bidirectional_inference_runs_the_directions_as_a_pair(monkeypatch, threads, packed, mode):
+    """Bidirectional inference enters each layer's two directions through
+    _C.forward_pair_unboxed (on two threads, at once): outputs as nn.LSTM's and as the directions
+    one after the other, no autograd history under no_grad, inference tensors under
+    inference_mode, and every call seen by the profiler."""
+    torch.manual_seed(0)
+    from utils import num_threads
+
+    ref = torch.nn.LSTM(8, 16, num_layers=2, bidirectional=True, proj_size=12 if packed else 0)
+    m = lstm_fused.LSTM(8, 16, num_layers=2, bidirectional=True, proj_size=12 if packed else 0)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(9, 5, 8)
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([9, 7, 7, 3, 1]), enforce_sorted=False)
+    pairs = []
+    real_pair = lstm_fused.ops._forward_pair_unboxed
+    monkeypatch.setattr(lstm_fused.ops, "_forward_pair_unboxed", lambda *a: pairs.append(1) or real_pair(*a))
+    ctx = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    with num_threads(threads), ctx():
+        with torch.profiler.profile() as prof:
+            y, (h, c) = m(x)
+        y_ref, (h_ref, c_ref) = ref(x)
+        monkeypatch.setattr(lstm_fused.ops, "call_forward_pair", _sequential_pair)
+        y_seq, (h_seq, c_seq) = m(x)
+    assert len(pairs) == 2
+    names = [e.name for e in prof.events()]
+    assert names.count("lstm_fused::forward") == 4, names
+    if packed:
+        y, y_ref, y_seq = y.data, y_ref.data, y_seq.data
+    for a, b, s in ((y, y_ref, y_seq), (h, h_ref, h_seq), (c, c_ref, c_seq)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, s, rtol=1e-6, atol=1e-6)
+        assert not a.requires_grad and a.grad_fn is None
+        assert a.is_inference() == (mode == "inference_mode")
+
+
+@pytest.mark.parametrize("bad", ["h0 of the reverse direction", "w_hh of the forward direction"])
+def test_forward_pair_gives_the_ops_errors(bad):
+    """An error in either direction's call reaches the caller as the op's own (type and message),
+    from the second thread too."""
+    from utils import num_threads
+
+    args = [op_args(T=5, B=3, I=4, H=6, seed=s, dtype=torch.float32, save=False)[:8] for s in (0, 1)]
+    x, batch_sizes = args[0][0], None
+    d, i = (1, 6) if bad.startswith("h0") else (0, 2)
+    args[d] = list(args[d])
+    args[d][i] = args[d][i][:2] if i == 6 else args[d][i][:, :3]
+    errors = []
+    with num_threads(2):
+        with pytest.raises(Exception) as info:
+            lstm_fused.ops._forward_pair_unboxed(x, batch_sizes, False, *args[0][1:], *args[1][1:])
+        errors.append((type(info.value), str(info.value)))
+        with pytest.raises(Exception) as info:
+            fwd_op(x, *args[d][1:], batch_sizes, d == 1, False)
+        errors.append((type(info.value), str(info.value)))
+    assert errors[0] == errors[1], errors
 
 
 @pytest.mark.parametrize("used", ["y", "h_n", "c_n"])

@@ -48,6 +48,8 @@ constexpr int64_t kKeptGateBytes = int64_t{16} << 20;
 // or the whole call too small to pay for waking the team.
 int threads_for(int64_t T, int64_t rows, int64_t H, int64_t P) {
   const int64_t per_step = std::max<int64_t>(rows, 1) * 4 * H * P;
+  // Inside a parallel region (forward_pair: one direction per thread) the call has its thread.
+  if (at::in_parallel_region()) return 1;
   return (per_step < (1 << 15) || T * per_step < (1 << 16)) ? 1 : at::get_num_threads();
 }
 

@@ -2,7 +2,13 @@
 // TORCH_LIBRARY_IMPL blocks); it also says how the extension was built and which CPU path runs.
 #include <torch/extension.h>
 
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+
+#include <unistd.h>
+
+#include <exception>
 
 #include "cpu/lstm_cpu.h"
 #include "ops/common.h"
@@ -32,12 +38,71 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_u
       c10::Dispatcher::singleton().findSchemaOrThrow("lstm_fused::forward", "").typed<ForwardSig>();
   return op.call(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse, save);
 }
+
+// Whether a direction's W_hh (as the kernel packs it, in the accumulation dtype) takes at most
+// half of one core's L2: a direction alone on a core streams all of it every step, where two
+// threads splitting the steps each stream half. Measured on a Xeon with 2 MB of L2 per core, two
+// threads, concurrent against one after the other: H = 256 (1 MB) 0.95-1.0x of the time, H = 64
+// and 128 0.78-0.81x, H = 512 (4 MB) at batch 1 1.49x and batch 8 1.11x.
+bool pair_fits_l2(const at::Tensor& w_hh) {
+  static const int64_t l2 = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? static_cast<int64_t>(v) : int64_t{1} << 20;
+  }();
+  const int64_t acc_bytes = w_hh.scalar_type() == at::kDouble ? 8 : 4;
+  return w_hh.numel() * acc_bytes <= l2 / 2;
+}
+
+using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// A bidirectional layer's two lstm_fused::forward calls (forward direction, then reverse: their
+// weights and states; x, batch_sizes and save shared), at once on two threads where the CPU ops
+// get exactly two: each direction then runs its recurrence on one thread with no barrier per
+// step, where one after the other each split its steps across both (measured in
+// benchmarks/NOTES.md, session 15). The calls go through the dispatcher as forward_unboxed's do,
+// in the caller's thread-local state (grad mode, dispatch keys, profiler). Elsewhere (CUDA, other
+// thread counts; nested teams are not built) one after the other.
+std::tuple<ForwardOut, ForwardOut> forward_pair_unboxed(
+    const at::Tensor& x, const c10::optional<at::Tensor>& batch_sizes, bool save, const at::Tensor& w_ih0,
+    const at::Tensor& w_hh0, const c10::optional<at::Tensor>& b_ih0, const c10::optional<at::Tensor>& b_hh0,
+    const c10::optional<at::Tensor>& w_hr0, const at::Tensor& h00, const at::Tensor& c00, const at::Tensor& w_ih1,
+    const at::Tensor& w_hh1, const c10::optional<at::Tensor>& b_ih1, const c10::optional<at::Tensor>& b_hh1,
+    const c10::optional<at::Tensor>& w_hr1, const at::Tensor& h01, const at::Tensor& c01) {
+  ForwardOut out[2];
+  const auto run = [&](int d) {
+    out[d] = d == 0 ? forward_unboxed(x, w_ih0, w_hh0, b_ih0, b_hh0, w_hr0, h00, c00, batch_sizes, false, save)
+                    : forward_unboxed(x, w_ih1, w_hh1, b_ih1, b_hh1, w_hr1, h01, c01, batch_sizes, true, save);
+  };
+  if (!x.is_cpu() || at::get_num_threads() != 2 || at::in_parallel_region() || !pair_fits_l2(w_hh0)) {
+    run(0);
+    run(1);
+    return {std::move(out[0]), std::move(out[1])};
+  }
+  const at::ThreadLocalState state;
+  std::exception_ptr error[2];
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    at::ThreadLocalStateGuard guard(state);
+    for (int64_t d = begin; d < end; ++d) {
+      try {
+        run(static_cast<int>(d));
+      } catch (...) {
+        error[d] = std::current_exception();
+      }
+    }
+  });
+  for (const auto& e : error)
+    if (e) std::rethrow_exception(e);
+  return {std::move(out[0]), std::move(out[1])};
+}
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "lstm_fused kernels (ops under torch.ops.lstm_fused)";
   m.def("cpu_isa", &lstm_fused::cpu::isa_name, "Instruction set of the CPU kernels on this CPU");
   m.def("forward_unboxed", &forward_unboxed, "lstm_fused::forward through the C++ dispatcher (eager calls)",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("forward_pair_unboxed", &forward_pair_unboxed,
+        "A bidirectional layer's two lstm_fused::forward calls, concurrently on two CPU threads",
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("empty_cache", &lstm_fused::release_cached_buffers,
         "Frees the memory kept for reuse by the CPU ops' large buffers (LSTM_FUSED_CPU_CACHE_MB caps it)");
