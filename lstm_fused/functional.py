@@ -43,8 +43,9 @@ def _forward_ad_level():
 
 
 def _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=False):
-    """pair: a bidirectional layer's two directions may run concurrently (ops.call_forward_pair),
-    for inference below the autograd layer only: the second thread then runs no Python."""
+    """pair: a bidirectional layer's two directions may run concurrently (ops.call_forward_pair);
+    only for inference below the autograd layer or in inference mode, so that the second thread
+    runs no Python."""
     if num_layers == 1 and D == 1:  # the common case, without the loops (streaming calls are short)
         w_ih, w_hh, b_ih, b_hh, w_hr = weights[0]
         y, h, c, _, _ = ops.call_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0[0], c0[0], batch_sizes, False, save)

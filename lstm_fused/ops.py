@@ -35,11 +35,16 @@ def call_forward_pair(x, batch_sizes, save, args0, args1):
     """A bidirectional layer's two ``forward`` calls (args: w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 of
     the forward and the reverse direction). Eagerly on the CPU, without __torch_dispatch__ modes
     (whose Python would run on the second thread) or torch.jit.trace (whose state is the calling
-    thread's), the two go to the C++ side together, which runs
-    them at once when the ops get two threads; otherwise one after the other, as call_forward."""
+    thread's), the two go to the C++ side together, which runs them at once when the ops get two
+    threads; otherwise forward_pair_in_turn."""
     if x.device.type == "cpu" and _len_dispatch_stack() == 0 and _tracing_state() is None and not (
             _has_torch_function((x, *args0, *args1)) or torch.compiler.is_compiling()):
         return _forward_pair_unboxed(x, batch_sizes, save, *args0, *args1)
+    return forward_pair_in_turn(x, batch_sizes, save, args0, args1)
+
+
+def forward_pair_in_turn(x, batch_sizes, save, args0, args1):
+    """call_forward_pair's two calls one after the other, each through call_forward."""
     return (call_forward(x, *args0[:5], args0[5], args0[6], batch_sizes, False, save),
             call_forward(x, *args1[:5], args1[5], args1[6], batch_sizes, True, save))
 

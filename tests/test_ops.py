@@ -365,12 +365,6 @@ def test_module_eager_calls_take_the_cpp_entry(monkeypatch):
     assert len(calls) == 4 and seen.count("lstm_fused.forward.default") == 4, seen
 
 
-def _sequential_pair(x, batch_sizes, save, args0, args1):
-    call = lstm_fused.ops.call_forward
-    return (call(x, *args0[:5], args0[5], args0[6], batch_sizes, False, save),
-            call(x, *args1[:5], args1[5], args1[6], batch_sizes, True, save))
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
@@ -396,7 +390,7 @@ def test_bidirectional_inference_runs_the_directions_as_a_pair(monkeypatch, thre
         with torch.profiler.profile() as prof:
             y, (h, c) = m(x)
         y_ref, (h_ref, c_ref) = ref(x)
-        monkeypatch.setattr(lstm_fused.ops, "call_forward_pair", _sequential_pair)
+        monkeypatch.setattr(lstm_fused.ops, "call_forward_pair", lstm_fused.ops.forward_pair_in_turn)
         y_seq, (h_seq, c_seq) = m(x)
     assert len(pairs) == 2
     names = [e.name for e in prof.events()]
