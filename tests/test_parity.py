@@ -153,6 +153,24 @@ def test_parity_larger(cfg, threads):
         check_parity(cfg)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("B", [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 19, 32])
+def test_forward_gate_tiles_every_batch(B, threads):
+    """The forward's register tiles over batches of 4 to 13 rows and two larger (AVX-512: balanced
+    tiles of up to 6 rows, 32 as 6 6 5 5 5 5; 16 registers: tiles of 6 and the rows left), with the
+    input on the tiles (small weights), training and inference, fp32 and fp64."""
+    for dtype in (torch.float32, torch.float64):
+        cfg = Config(T=17, B=B, I=24, H=40, dtype=dtype)
+        with num_threads(threads):
+            check_parity(cfg)
+            ref, ours = make_pair(cfg)
+            data = make_data(cfg)
+            with torch.no_grad():
+                expected = run_model(ref, cfg, data, backward=False)
+                actual = run_model(ours, cfg, data, backward=False)
+        assert_results_close(actual, expected, *TOLERANCES[dtype])
+
+
 LARGER_BF16 = [
     Config(T=12, B=16, I=40, H=64, num_layers=2, bidirectional=True, proj_size=24,
            dtype=torch.bfloat16),
@@ -329,10 +347,10 @@ KEPT_CHUNKS_PACKED = Config(T=9000, B=3, I=8, H=256, bidirectional=True, input_k
 # H = 1024 (1024 rows a chunk) with a projection: both packs (W_hh, W_hr^T) kept across chunks.
 KEPT_CHUNKS_PROJ = Config(T=2200, B=2, I=8, H=1024, proj_size=64, bidirectional=True, dtype=torch.float32)
 CHUNKED = [  # inference whose whole gate buffer would pass 8 MB while W_hh is small, or 32 MB
-    # fp32/fp64 batches that fill the AVX-512 register tiles take the input in the tiles instead
-    # (cpu::tiles_take_input); a batch of 6 ends in a tile of 2 rows, so these run in chunks.
-    Config(T=1500, B=6, I=8, H=32, num_layers=2, dtype=torch.float64),
-    Config(T=3000, B=6, I=8, H=32, num_layers=2, bidirectional=True, dtype=torch.float32),
+    # fp32/fp64 batches of 4 rows or more take the input in the register tiles instead
+    # (cpu::tiles_take_input), so these have 3.
+    Config(T=3000, B=3, I=8, H=32, num_layers=2, dtype=torch.float64),
+    Config(T=6000, B=3, I=8, H=32, num_layers=2, bidirectional=True, dtype=torch.float32),
     # bf16 in a batch under 16 rows (from 16 the AMX tiles take the input, and nothing is chunked).
     Config(T=3000, B=12, I=8, H=32, bidirectional=True, batch_first=True, dtype=torch.bfloat16),
     # Past 32 MB of gates with W_hh larger (1 MB, 512 KB): chunks of 16 MB, 2048 steps here (the

@@ -148,17 +148,23 @@ inline vdouble tanh_v(vdouble x) {
 }
 
 // U: acc_t lanes of one vector register; hidden units are packed in blocks of U.
-// MR: batch rows of one register tile; NR = 4U columns (the four gates of one unit block).
+// MR: batch rows of one register tile (the bf16 and projection tiles and the backward's; the
+// forward's gate tiles take FR); NR = 4U columns (the four gates of one unit block).
 // GV: weight vectors per k of one tile's pass, so MR x GV accumulators: 4 x 4 (all four gates at
 // once) in AVX-512's 32 registers, 6 x 2 (two passes of two gates) in the 16 of AVX2 and SSE.
 // Each weight vector loaded feeds MR FMAs. AVX2 had 2 x 4 before: at full FMA rate that read 32
 // bytes per cycle from L2, all of Zen 3's L2-to-L1 width; 6 x 2 reads 11 and took 0.73-0.80x of
 // the time at B = 3..128 (1 thread, I = H = 256..512).
+// FR: the most rows of the forward's gate tiles (gate_tile, for_gate_tiles). AVX-512 takes up to
+// 6 rows x 4 gate vectors there (24 accumulators: each weight vector feeds 6 FMAs, 21 bytes per
+// cycle from L2 at full rate where 4 x 4 read 32), in balanced tiles so that no tile of one or
+// two rows is left; 16 registers keep 6 x 2 in tiles of 6 and the rows left.
 template <typename acc_t>
 struct Tiling {
   static constexpr int U = LSTM_VEC_BYTES / sizeof(acc_t);
   static constexpr int MR = LSTM_VEC_BYTES >= 64 ? 4 : 6;
   static constexpr int GV = LSTM_VEC_BYTES >= 64 ? 4 : 2;
+  static constexpr int FR = 6;
   static constexpr int NR = 4 * U;
 };
 
@@ -281,6 +287,33 @@ template <int M, typename F>
 inline void for_row_tiles(int64_t rows, F&& f) {
   for (int64_t r0 = 0; r0 < rows; r0 += M)
     with_rows<M>(static_cast<int>(std::min<int64_t>(M, rows - r0)), [&](auto m) { f(r0, m); });
+}
+
+// f(r0, m) over rows [0, rows) in the fewest tiles of at most M rows, sizes within one of each
+// other: 32 rows as 6 6 5 5 5 5 rather than five of 6 and one of 2 (a tile of one or two rows
+// reads a weight vector for every one or two FMAs).
+template <int M, typename F>
+inline void for_balanced_tiles(int64_t rows, F&& f) {
+  const int64_t n = (rows + M - 1) / M;
+  for (int64_t i = 0, r0 = 0; i < n; ++i) {
+    const int m = static_cast<int>(rows * (i + 1) / n - rows * i / n);
+    with_rows<M>(m, [&](auto mm) { f(r0, mm); });
+    r0 += m;
+  }
+}
+
+// The forward's gate tiles over rows [0, rows), f(r0, m) as for_row_tiles: balanced tiles of up
+// to FR rows with all four gates per pass (AVX-512), else tiles of FR and the rows left (with two
+// gates per pass, balanced tiles lost: 8 rows as 4 + 4 took 1.15-1.18x the time of 6 + 2 on an
+// AVX2 Zen 3, a 4 x 2 tile having 8 accumulator chains to 6 x 2's 12).
+template <typename acc_t, typename F>
+inline void for_gate_tiles(int64_t rows, F&& f) {
+  using Tl = Tiling<acc_t>;
+  if constexpr (Tl::GV == 4) {
+    for_balanced_tiles<Tl::FR>(rows, f);
+  } else {
+    for_row_tiles<Tl::FR>(rows, f);
+  }
 }
 
 // The projection's products, U columns per block: for cb in [c0, c1),
@@ -643,11 +676,13 @@ constexpr int64_t kLookaheadWeightBytes = int64_t{512} << 10;
 // ~10, B = 8 +39 against ~19, B = 32 +81 against ~75. Hence from 4 rows, up to 4 MB.
 constexpr int64_t kTileInputWeightBytes16 = int64_t{4} << 20;
 bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes, int threads) {
-  constexpr int MR = Tiling<float>::MR;
   const int64_t weight_bytes = (I + P) * 4 * H * acc_bytes;
   if (small_batch_path(T, B, H, P, acc_bytes)) return false;
   if constexpr (LSTM_VEC_BYTES < 64) return B >= 4 && weight_bytes <= kTileInputWeightBytes16;
-  const bool full_tiles = B >= MR && (B % MR == 0 || B % MR == MR - 1 || B >= 2 * MR);
+  // From 4 rows the balanced gate tiles have at least 3 rows each (for_gate_tiles). With tiles of
+  // 4 and the rows left, B = 5 and 6 ran a last tile of 1 or 2 rows and kept the GEMM; with the
+  // balanced tiles the input on them took 0.80-0.95x of the time there (I = H = 128 and 256).
+  const bool full_tiles = B >= 4;
   const bool fits = weight_bytes <= kTileInputShareBytes * std::max(threads, 1) ||
                     (B >= kTileInputManyRows && weight_bytes <= kTileInputWeightBytes);
   const bool lookahead = B == 1 && weight_bytes <= kLookaheadWeightBytes;
@@ -1209,7 +1244,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
       for (int64_t i = ub0; i < ub1 && lookahead && rows; ++i)
         lookahead_tile(p, ctx, down ? ub0 + ub1 - 1 - i : i, s, row0, t, xt.data(), hcur, hnext, down);
       for (int64_t blk = ub0; blk < ub1 && !gemv && !dot && !lookahead; ++blk)
-        for_row_tiles<MR>(rows, [&](int64_t r0, auto m) {
+        for_gate_tiles<acc_t>(rows, [&](int64_t r0, auto m) {
           gate_tile<decltype(m)::value>(p, ctx, blk, r0, row0, t, hcur, hnext);
         });
       if (proj) {
