@@ -445,3 +445,31 @@ def test_parity_batch1_lookahead(cfg, threads):
             expected = run_model(ref, cfg, data, backward=False)
             actual = run_model(ours, cfg, data, backward=False)
         assert_results_close(actual, expected, *TOLERANCES[cfg.dtype])
+
+
+def _intel_without_amx():
+    with open("/proc/cpuinfo") as f:
+        info = f.read()
+    return "GenuineIntel" in info and "amx_bf16" not in info
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_bf16_input_projection_gemm_dtype(training):
+    """The bf16 input projection's GEMM runs on bf16 operands where oneDNN's bf16 GEMM outruns
+    its fp32 one (a Zen 4, AMX), on fp32 ones widened from them where it does not (Intel without
+    AMX: half the fp32 rate) or where oneDNN takes no bf16 at all."""
+    from torch.profiler import profile
+
+    widened = lstm_fused._C.bf16_gemm_widened()
+    expected = not torch.ops.mkldnn._is_mkldnn_bf16_supported() or _intel_without_amx()
+    assert widened == expected
+    model = lstm_fused.LSTM(64, 64).bfloat16()
+    x = torch.randn(20, 8, 64).bfloat16().requires_grad_(training)
+    with profile(record_shapes=True) as prof, torch.set_grad_enabled(training):
+        y, _ = model(x)
+        if training:
+            y.float().sum().backward()
+    gemms = [e for e in prof.events() if e.name in ("mkldnn::_linear_pointwise", "aten::mm")
+             and e.input_shapes[:2] in ([[160, 64], [256, 64]], [[160, 64], [64, 256]])]
+    assert len(gemms) == 1, [(e.name, e.input_shapes) for e in prof.events()]
+    assert (gemms[0].input_dtypes[0] == "float") == widened, gemms[0].input_dtypes

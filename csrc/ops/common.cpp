@@ -1,5 +1,7 @@
 #include "ops/common.h"
 
+#include "cpu/lstm_cpu.h"
+
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <optional>
@@ -128,15 +130,21 @@ at::Tensor onednn_matmul_nt(const at::Tensor& x, const at::Tensor& w) {
 
 }  // namespace
 
+bool half_gemm_widened(at::ScalarType t) {
+  return !onednn_takes(t) || (t == at::kBFloat16 && cpu::bf16_gemm_below_fp32());
+}
+
 at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih, const LayerShape& s,
                             at::ScalarType acc) {
   // Half types: the GEMM runs in the input dtype (fp32 accumulation inside the BLAS, twice the
-  // fp32 rate where the CPU has bf16 dot products), its output widened to acc. Where oneDNN
-  // cannot take the half type, at::mm's own bf16 GEMM runs at ~1 GFLOP/s (an AVX2 Zen 3: 1.2
-  // against 108 for fp32 at n = 512): the operands are widened first and the GEMM runs in acc,
-  // which computes the same products with fp32 sums and skips the output's rounding to bf16.
+  // fp32 rate where the CPU has fast bf16 dot products: a Zen 4, AMX), its output widened to acc.
+  // Where oneDNN cannot take the half type, at::mm's own bf16 GEMM runs at ~1 GFLOP/s (an AVX2
+  // Zen 3: 1.2 against 108 for fp32 at n = 512), and where it takes bf16 at half the fp32 rate
+  // (Intel without AMX), the operands are widened first and the GEMM runs in acc
+  // (half_gemm_widened), which computes the same products with fp32 sums and skips the output's
+  // rounding to bf16.
   const at::Tensor x2 = x.reshape({s.N, s.I});
-  if (x.is_cpu() && x.scalar_type() != acc && !onednn_takes(x.scalar_type()))
+  if (x.is_cpu() && x.scalar_type() != acc && half_gemm_widened(x.scalar_type()))
     return matmul_nt(x2.to(acc), w_ih.to(acc));
   return matmul_nt(x2, w_ih).to(acc);
 }

@@ -49,6 +49,11 @@ std::vector<int64_t> output_sizes(const at::Tensor& x, int64_t P);
 // a [N, K] times w [M, K]^T: oneDNN's matmul where torch has it for the dtype, else at::mm.
 at::Tensor matmul_nt(const at::Tensor& a, const at::Tensor& w);
 
+// Whether a CPU input projection in the half type t runs as a GEMM in acc on widened operands:
+// where oneDNN does not take t (at::mm's own bf16 GEMM ran at ~1 GFLOP/s), or takes bf16 below
+// its fp32 rate (cpu::bf16_gemm_below_fp32).
+bool half_gemm_widened(at::ScalarType t);
+
 // [N, 4H] in acc dtype: x W_ih^T, one GEMM over every row (the kernels add the biases).
 at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih, const LayerShape& s,
                             at::ScalarType acc);

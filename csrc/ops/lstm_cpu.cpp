@@ -76,9 +76,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
                           (x.scalar_type() == acc ? cpu::tiles_take_input(s.T, s.B, s.I, s.H, s.P, at::elementSize(acc), threads)
                                                   : x.scalar_type() == at::kBFloat16 &&
                                                         cpu::amx_takes_input(s.T, s.B, s.I, s.H, s.P, w_hr.has_value()));
-  // bf16 inference on AVX512-BF16 tiles: they read the GEMM's bf16 output as it is.
+  // bf16 inference on AVX512-BF16 tiles: they read the GEMM's bf16 output as it is (unless the
+  // GEMM runs in fp32 on widened operands: half_gemm_widened).
   const bool gates_lp = !save && !fuse_input && !tile_input && x.scalar_type() == at::kBFloat16 &&
-                        cpu::bf16_tiles_used(s.T, s.B, s.H, s.P, w_hr.has_value());
+                        cpu::bf16_tiles_used(s.T, s.B, s.H, s.P, w_hr.has_value()) &&
+                        !half_gemm_widened(x.scalar_type());
   // Inference where the gate buffer of the whole sequence would be large: the input projection
   // and the recurrence run in time chunks. With W_hh small the chunks' gates stay in cache
   // (whole, the GEMM is bound by writing the buffer to memory: B=128, T=1024, H=32 writes 67 MB);

@@ -75,6 +75,18 @@ const char* isa_name() {
   }
 }
 
+bool bf16_gemm_below_fp32() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool below = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") && !amx_usable();
+  }();
+  return below;
+#else
+  return false;
+#endif
+}
+
 bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_bytes) {
   return avx512::small_batch_path(T, B, H, P, acc_bytes);  // same rule in every copy
 }

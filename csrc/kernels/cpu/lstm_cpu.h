@@ -42,6 +42,14 @@ bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int
 // too: then the caller passes ForwardParams::x (and w_ih, bias) and no gates, as tiles_take_input.
 bool amx_takes_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool proj);
 
+// Whether oneDNN's bf16 GEMM runs below the fp32 rate on this CPU, so that a bf16 input projection
+// is faster as an fp32 sgemm on widened operands: Intel CPUs without usable AMX, where one
+// vdpbf16ps a cycle (32 products) at best matches two fp32 FMAs (32 products). Measured on a Xeon
+// (family 6 model 207) whose VM hides AMX: oneDNN's bf16 GEMM 164 GFLOP/s against 330 for fp32
+// on 2 cores; on AMD's Zen 4 bf16 ran at 2.2x the fp32 rate (418 against 190), with AMX ~6x.
+// From the hardware, not LSTM_FUSED_CPU_ISA (which caps this package's kernels, not oneDNN's).
+bool bf16_gemm_below_fp32();
+
 // "amx", "avx512", "avx2" or "baseline": the code path lstm_forward/lstm_backward take on this CPU.
 const char* isa_name();
 
