@@ -93,6 +93,17 @@ def check_parity(cfg):
     assert_fused(counter, cfg, backward=True)
 
 
+def check_parity_training_and_inference(cfg):
+    """check_parity, then the outputs without autograd (the kernels save no activations)."""
+    check_parity(cfg)
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    with torch.no_grad():
+        expected = run_model(ref, cfg, data, backward=False)
+        actual = run_model(ours, cfg, data, backward=False)
+    assert_results_close(actual, expected, *TOLERANCES[cfg.dtype])
+
+
 @pytest.mark.parametrize("cfg", grid(torch.float64), ids=case_id)
 def test_parity_float64(cfg):
     check_parity(cfg)
@@ -160,15 +171,8 @@ def test_forward_gate_tiles_every_batch(B, threads):
     tiles of up to 6 rows, 32 as 6 6 5 5 5 5; 16 registers: tiles of 6 and the rows left), with the
     input on the tiles (small weights), training and inference, fp32 and fp64."""
     for dtype in (torch.float32, torch.float64):
-        cfg = Config(T=17, B=B, I=24, H=40, dtype=dtype)
         with num_threads(threads):
-            check_parity(cfg)
-            ref, ours = make_pair(cfg)
-            data = make_data(cfg)
-            with torch.no_grad():
-                expected = run_model(ref, cfg, data, backward=False)
-                actual = run_model(ours, cfg, data, backward=False)
-        assert_results_close(actual, expected, *TOLERANCES[dtype])
+            check_parity_training_and_inference(Config(T=17, B=B, I=24, H=40, dtype=dtype))
 
 
 LARGER_BF16 = [
@@ -438,13 +442,7 @@ def test_parity_batch1_lookahead(cfg, threads):
     chunks, the reverse direction, quarters of I with no columns (I < 4), with and without saving
     activations for the backward."""
     with num_threads(threads):
-        check_parity(cfg)
-        ref, ours = make_pair(cfg)
-        data = make_data(cfg)
-        with torch.no_grad():
-            expected = run_model(ref, cfg, data, backward=False)
-            actual = run_model(ours, cfg, data, backward=False)
-        assert_results_close(actual, expected, *TOLERANCES[cfg.dtype])
+        check_parity_training_and_inference(cfg)
 
 
 def _intel_without_amx():
