@@ -290,13 +290,14 @@ inline void for_row_tiles(int64_t rows, F&& f) {
 }
 
 // f(r0, m) over rows [0, rows) in the fewest tiles of at most M rows, sizes within one of each
-// other: 32 rows as 6 6 5 5 5 5 rather than five of 6 and one of 2 (a tile of one or two rows
-// reads a weight vector for every one or two FMAs).
+// other, the larger first: 32 rows as 6 6 5 5 5 5 rather than five of 6 and one of 2 (a tile of
+// one or two rows reads a weight vector for every one or two FMAs). Larger first, a tile's m rows
+// of prefetch (gate_tile) cover the next tile.
 template <int M, typename F>
 inline void for_balanced_tiles(int64_t rows, F&& f) {
   const int64_t n = (rows + M - 1) / M;
   for (int64_t i = 0, r0 = 0; i < n; ++i) {
-    const int m = static_cast<int>(rows * (i + 1) / n - rows * i / n);
+    const int m = static_cast<int>((rows - r0 + n - i - 1) / (n - i));
     with_rows<M>(m, [&](auto mm) { f(r0, mm); });
     r0 += m;
   }
@@ -649,10 +650,10 @@ bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_by
 }
 
 // The tiles take the input projection (x_t W_ih^T beside h_{t-1} W_hh^T, no GEMM over the
-// sequence) when the first step fills its register tiles (a last tile of one or two rows does
-// one or two FMAs per weight vector, bound by reading W_ih from L2 where a GEMM would not be) and
-// both weights stay in L3 (32 MB of them at H = 1024 came from memory every step: 1.14-1.4x
-// slower). Measured against the GEMM on a Zen 4 (1 MB of L2 per core): 0.90-0.97x of the time at
+// sequence) when the first step fills its register tiles (from 4 rows: a tile of one or two
+// rows does one or two FMAs per weight vector, bound by reading W_ih from L2 where a GEMM would
+// not be) and both weights stay in L3 (32 MB of them at H = 1024 came from memory every step:
+// 1.14-1.4x slower). Measured against the GEMM on a Zen 4 (1 MB of L2 per core): 0.90-0.97x of the time at
 // B >= 4, H <= 512. On a Xeon with AMX (2 MB of L2 per core; T = 32-128, in one process, calls
 // alternated) what counts is a thread's share of the weights, streamed from L3 every step once it
 // leaves L2: 1 MB shares won at B = 4..32 (I = H = 256 on 2 threads 0.91-0.95x), 1.5-2 MB lost
@@ -892,6 +893,7 @@ __attribute__((target("avx512bf16"))) void gate_tile_bf16(
     } else {
       const float* xg = p.gates + (row0 + r0 + r) * x.G + j0;
       for (int g = 0; g < 4; ++g) acc[r][g] = load_n<vfloat>(xg + g * x.H, nu) + bias[g];
+      for (int g = 0; g < 4; ++g) __builtin_prefetch(xg + MR * x.G + g * x.H);
     }
   }
   const uint32_t* w = wpb + blk * P2 * 4 * U;
