@@ -374,8 +374,8 @@ CHUNKED = [  # inference whose whole gate buffer would pass 8 MB while W_hh is s
 def test_parity_inference_in_time_chunks(cfg):
     """Such inference runs the input projection and the recurrence in time chunks
     (csrc/ops/lstm_cpu.cpp): 2 MB of gates per chunk where W_hh is small (682 or 1365 steps of
-    3 rows here, 341 or 682 of 12 in bf16), 16 MB otherwise, with a partial last one, visited backwards for the reverse direction,
-    state carried between them."""
+    3 rows here, 341 or 682 of 12 in bf16), 16 MB otherwise, with a partial last one, visited
+    backwards for the reverse direction, state carried between them."""
     ref, ours = make_pair(cfg)
     data = make_data(cfg)
     if cfg.dtype == torch.bfloat16:

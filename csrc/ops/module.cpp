@@ -49,7 +49,8 @@ bool pair_fits_l2(const at::Tensor& w_hh) {
     const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
     return v > 0 ? static_cast<int64_t>(v) : int64_t{1} << 20;
   }();
-  return w_hh.numel() * static_cast<int64_t>(at::elementSize(lstm_fused::acc_dtype(w_hh.scalar_type()))) <= l2 / 2;
+  const int64_t acc_bytes = at::elementSize(lstm_fused::acc_dtype(w_hh.scalar_type()));
+  return w_hh.numel() * acc_bytes <= l2 / 2;
 }
 
 using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;

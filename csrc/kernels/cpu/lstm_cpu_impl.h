@@ -653,8 +653,8 @@ bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_by
 // sequence) when the first step fills its register tiles (from 4 rows: a tile of one or two
 // rows does one or two FMAs per weight vector, bound by reading W_ih from L2 where a GEMM would
 // not be) and both weights stay in L3 (32 MB of them at H = 1024 came from memory every step:
-// 1.14-1.4x slower). Measured against the GEMM on a Zen 4 (1 MB of L2 per core): 0.90-0.97x of the time at
-// B >= 4, H <= 512. On a Xeon with AMX (2 MB of L2 per core; T = 32-128, in one process, calls
+// 1.14-1.4x slower). Measured against the GEMM on a Zen 4 (1 MB of L2 per core): 0.90-0.97x of
+// the time at B >= 4, H <= 512. On a Xeon with AMX (2 MB of L2 per core; T = 32-128, in one process, calls
 // alternated) what counts is a thread's share of the weights, streamed from L3 every step once it
 // leaves L2: 1 MB shares won at B = 4..32 (I = H = 256 on 2 threads 0.91-0.95x), 1.5-2 MB lost
 // below 64 rows (I = 512 H = 256 B8 1.20x, B16 1.06x, B32 1.02x; I = H = 256 on 1 thread B8
@@ -679,11 +679,11 @@ constexpr int64_t kTileInputWeightBytes16 = int64_t{4} << 20;
 bool tiles_take_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, int64_t acc_bytes, int threads) {
   const int64_t weight_bytes = (I + P) * 4 * H * acc_bytes;
   if (small_batch_path(T, B, H, P, acc_bytes)) return false;
-  if constexpr (LSTM_VEC_BYTES < 64) return B >= 4 && weight_bytes <= kTileInputWeightBytes16;
-  // From 4 rows the balanced gate tiles have at least 3 rows each (for_gate_tiles). With tiles of
-  // 4 and the rows left, B = 5 and 6 ran a last tile of 1 or 2 rows and kept the GEMM; with the
+  // From 4 rows the gate tiles have at least 3 rows each (for_gate_tiles). On AVX-512, with tiles
+  // of 4 and the rows left, B = 5 and 6 ran a last tile of 1 or 2 rows and kept the GEMM; with the
   // balanced tiles the input on them took 0.80-0.95x of the time there (I = H = 128 and 256).
   const bool full_tiles = B >= 4;
+  if constexpr (LSTM_VEC_BYTES < 64) return full_tiles && weight_bytes <= kTileInputWeightBytes16;
   const bool fits = weight_bytes <= kTileInputShareBytes * std::max(threads, 1) ||
                     (B >= kTileInputManyRows && weight_bytes <= kTileInputWeightBytes);
   const bool lookahead = B == 1 && weight_bytes <= kLookaheadWeightBytes;
