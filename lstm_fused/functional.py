@@ -47,9 +47,7 @@ def _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, sa
     only for inference below the autograd layer or in inference mode, so that the second thread
     runs no Python."""
     if num_layers == 1 and D == 1:  # the common case, without the loops (streaming calls are short)
-        w_ih, w_hh, b_ih, b_hh, w_hr = weights[0]
-        y, h, c, _, _ = ops.call_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0[0], c0[0], batch_sizes, False, save)
-        return y, h.unsqueeze(0), c.unsqueeze(0)
+        return ops.call_forward_layer(x, *weights[0], h0, c0, batch_sizes, save)
     h_n, c_n = [], []
     for layer in range(num_layers):
         if layer > 0 and dropout > 0 and training:

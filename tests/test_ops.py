@@ -325,6 +325,24 @@ def test_call_forward_is_the_op_bitwise_and_with_its_errors():
     assert errors[0] == errors[1]
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_call_forward_layer_is_the_op_bitwise(packed):
+    """The one-layer entry (h0 / c0 and h_n / c_n with their layer dim; selects and unsqueezes in
+    C++) gives the Python op's outputs and gradients bit for bit, on both of its paths."""
+    x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, bs, _, _ = op_args(T=5, B=3, I=4, H=6, P=4, packed=packed,
+                                                               dtype=torch.float32, requires_grad=True)
+    h0l, c0l = h0.unsqueeze(0), c0.unsqueeze(0)
+    y, h, c, _, _ = fwd_op(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, bs, False, True)
+    ref = (y, h.unsqueeze(0), c.unsqueeze(0))
+    eager = lstm_fused.ops.call_forward_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0l, c0l, bs, True)
+    outs = [ref, eager]
+    for a, b in zip(*outs):
+        assert torch.equal(a, b) and a.shape == b.shape
+    grads = [torch.autograd.grad(o[0].sum() + o[1].sum() + 2 * o[2].sum(), [x, w_ih, w_hh, h0, c0]) for o in outs]
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
 def test_module_eager_calls_take_the_cpp_entry(monkeypatch):
     """Eager module calls enter the op through lstm_fused._C.forward_unboxed; a __torch_function__
     mode gets the Python op instead (it sees lstm_fused.forward), and a __torch_dispatch__ mode
@@ -353,7 +371,20 @@ def test_module_eager_calls_take_the_cpp_entry(monkeypatch):
 
         return type("Recording", (base,), {hook: record})(), seen
 
+    layer_calls = []
+    real_layer = lstm_fused.ops._forward_layer_unboxed  # one layer, one direction
+    monkeypatch.setattr(lstm_fused.ops, "_forward_layer_unboxed", lambda *a: layer_calls.append(1) or real_layer(*a))
+    single = lstm_fused.LSTM(4, 6)
+    y1 = single(x)[0]
+    assert len(layer_calls) == 1 and y1.requires_grad
+
     calls.clear()
+    layer_calls.clear()
+    mode, seen = recording(TorchFunctionMode, "__torch_function__")
+    with mode:
+        y1_mode = single(x)[0]
+    assert not layer_calls and seen.count("lstm_fused.forward") == 1, seen
+    assert torch.equal(y1, y1_mode)
     mode, seen = recording(TorchFunctionMode, "__torch_function__")
     with torch.inference_mode(), mode:
         y_mode = m(x)[0]

@@ -39,6 +39,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_u
   return op.call(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse, save);
 }
 
+// A stack of one layer and one direction (lstm_fused/functional.py) in one crossing from Python:
+// h0 / c0 as the module holds them ([1, B, P] / [1, B, H]), their selects and h_n / c_n's
+// unsqueezes done here (about 1.5 us each from Python, several of a streaming step's ~20 us).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_layer_unboxed(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
+    const at::Tensor& c0, const c10::optional<at::Tensor>& batch_sizes, bool save) {
+  auto out = forward_unboxed(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0.select(0, 0), c0.select(0, 0), batch_sizes, false, save);
+  return {std::move(std::get<0>(out)), std::get<1>(out).unsqueeze(0), std::get<2>(out).unsqueeze(0)};
+}
+
 // Whether a direction's W_hh (as the kernel packs it, in the accumulation dtype) takes at most
 // half of one core's L2: a direction alone on a core streams all of it every step, where two
 // threads splitting the steps each stream half. Measured on a Xeon with 2 MB of L2 per core, two
@@ -102,6 +113,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("bf16_gemm_widened", [] { return lstm_fused::half_gemm_widened(at::kBFloat16); },
         "Whether a bf16 input projection on the CPU runs as an fp32 GEMM on widened operands");
   m.def("forward_unboxed", &forward_unboxed, "lstm_fused::forward through the C++ dispatcher (eager calls)",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("forward_layer_unboxed", &forward_layer_unboxed,
+        "A one-layer, one-direction stack's lstm_fused::forward call, h0 / c0 and h_n / c_n with their layer dim",
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("forward_pair_unboxed", &forward_pair_unboxed,
         "A bidirectional layer's two lstm_fused::forward calls, concurrently on two CPU threads",
