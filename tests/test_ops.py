@@ -328,7 +328,7 @@ def test_call_forward_is_the_op_bitwise_and_with_its_errors():
 @pytest.mark.parametrize("packed", [False, True])
 def test_call_forward_layer_is_the_op_bitwise(packed):
     """The one-layer entry (h0 / c0 and h_n / c_n with their layer dim; selects and unsqueezes in
-    C++) gives the Python op's outputs and gradients bit for bit, on both of its paths."""
+    C++) gives the Python op's outputs, shapes and gradients bit for bit."""
     x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, bs, _, _ = op_args(T=5, B=3, I=4, H=6, P=4, packed=packed,
                                                                dtype=torch.float32, requires_grad=True)
     h0l, c0l = h0.unsqueeze(0), c0.unsqueeze(0)
@@ -344,9 +344,9 @@ def test_call_forward_layer_is_the_op_bitwise(packed):
 
 
 def test_module_eager_calls_take_the_cpp_entry(monkeypatch):
-    """Eager module calls enter the op through lstm_fused._C.forward_unboxed; a __torch_function__
-    mode gets the Python op instead (it sees lstm_fused.forward), and a __torch_dispatch__ mode
-    sees the op on either entry."""
+    """Eager module calls enter the op through lstm_fused._C.forward_unboxed (one-layer stacks
+    through _C.forward_layer_unboxed); a __torch_function__ mode gets the Python op instead (it
+    sees lstm_fused.forward), and a __torch_dispatch__ mode sees the op on either entry."""
     from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
