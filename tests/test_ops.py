@@ -394,6 +394,11 @@ def test_module_eager_calls_take_the_cpp_entry(monkeypatch):
     with torch.inference_mode(), mode:
         m(x)
     assert len(calls) == 4 and seen.count("lstm_fused.forward.default") == 4, seen
+    mode, seen = recording(TorchDispatchMode, "__torch_dispatch__")
+    with mode:
+        y1_dispatch = single(x)[0]
+    assert len(layer_calls) == 1 and seen.count("lstm_fused.forward.default") == 1, seen
+    assert torch.equal(y1, y1_dispatch)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
