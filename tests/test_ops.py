@@ -338,7 +338,8 @@ def test_call_forward_layer_is_the_op_bitwise(packed):
     outs = [ref, eager]
     for a, b in zip(*outs):
         assert torch.equal(a, b) and a.shape == b.shape
-    grads = [torch.autograd.grad(o[0].sum() + o[1].sum() + 2 * o[2].sum(), [x, w_ih, w_hh, h0, c0]) for o in outs]
+    grads = [torch.autograd.grad(o[0].sum() + o[1].sum() + 2 * o[2].sum(), [x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0])
+             for o in outs]
     for a, b in zip(*grads):
         assert torch.equal(a, b)
 
@@ -375,16 +376,17 @@ def test_module_eager_calls_take_the_cpp_entry(monkeypatch):
     real_layer = lstm_fused.ops._forward_layer_unboxed  # one layer, one direction
     monkeypatch.setattr(lstm_fused.ops, "_forward_layer_unboxed", lambda *a: layer_calls.append(1) or real_layer(*a))
     single = lstm_fused.LSTM(4, 6)
-    y1 = single(x)[0]
+    y1, hc1 = single(x)
     assert len(layer_calls) == 1 and y1.requires_grad
 
     calls.clear()
     layer_calls.clear()
     mode, seen = recording(TorchFunctionMode, "__torch_function__")
     with mode:
-        y1_mode = single(x)[0]
+        y1_mode, hc1_mode = single(x)
     assert not layer_calls and seen.count("lstm_fused.forward") == 1, seen
-    assert torch.equal(y1, y1_mode)
+    for a, b in zip((y1, *hc1), (y1_mode, *hc1_mode)):  # the Python op's path: h_n, c_n as [1, B, *]
+        assert a.shape == b.shape and torch.equal(a, b)
     mode, seen = recording(TorchFunctionMode, "__torch_function__")
     with torch.inference_mode(), mode:
         y_mode = m(x)[0]

@@ -41,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_u
 
 // A stack of one layer and one direction (lstm_fused/functional.py) in one crossing from Python:
 // h0 / c0 as the module holds them ([1, B, P] / [1, B, H]), their selects and h_n / c_n's
-// unsqueezes done here (about 1.5 us each from Python, several of a streaming step's ~20 us).
+// unsqueezes done here (about 1.5 us each from Python, of a streaming call's 20-25 us).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_layer_unboxed(
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
