@@ -16,12 +16,18 @@ _forward_unboxed = _C.forward_unboxed
 _has_torch_function = torch._C._has_torch_function
 
 
+def _python_op_only(args):
+    """Whether a stack call must take the Python op rather than a C++ entry: torch.compile traces
+    it, and __torch_function__ (modes, subclasses among args) must see ``lstm_fused.forward``."""
+    return _has_torch_function(args) or torch.compiler.is_compiling()
+
+
 def call_forward(*args):
     """``forward(*args)`` for the stack's eager calls: the same op entered through the dispatcher's
     C++ side (every dispatch key still runs: autograd, __torch_dispatch__ modes and fake tensors,
     tracing, profiling) instead of the Python op path, which boxes its eleven arguments (~2 µs of a
     streaming call). torch.compile and __torch_function__ (modes, subclasses) get the Python op."""
-    if _has_torch_function(args) or torch.compiler.is_compiling():
+    if _python_op_only(args):
         return forward(*args)
     return _forward_unboxed(*args)
 
@@ -34,7 +40,7 @@ def call_forward_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, sav
     them ([1, B, *]), returning (y, h_n, c_n) with that leading dim. Eagerly one C++ call, which
     also does the selects and unsqueezes (~1.5 µs each from Python: 25 -> 22 µs a streaming
     call); torch.compile and __torch_function__ get the Python op, as call_forward's."""
-    if _has_torch_function((x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes)) or torch.compiler.is_compiling():
+    if _python_op_only((x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes)):
         y, h, c, _, _ = forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0[0], c0[0], batch_sizes, False, save)
         return y, h.unsqueeze(0), c.unsqueeze(0)
     return _forward_layer_unboxed(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, save)
@@ -51,8 +57,8 @@ def call_forward_pair(x, batch_sizes, save, args0, args1):
     (whose Python would run on the second thread) or torch.jit.trace (whose state is the calling
     thread's), the two go to the C++ side together, which runs them at once when the ops get two
     threads; otherwise forward_pair_in_turn."""
-    if x.device.type == "cpu" and _len_dispatch_stack() == 0 and _tracing_state() is None and not (
-            _has_torch_function((x, *args0, *args1)) or torch.compiler.is_compiling()):
+    if (x.device.type == "cpu" and _len_dispatch_stack() == 0 and _tracing_state() is None
+            and not _python_op_only((x, *args0, *args1))):
         return _forward_pair_unboxed(x, batch_sizes, save, *args0, *args1)
     return forward_pair_in_turn(x, batch_sizes, save, args0, args1)
 

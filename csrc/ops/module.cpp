@@ -46,7 +46,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_layer_unboxed(
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
     const at::Tensor& c0, const c10::optional<at::Tensor>& batch_sizes, bool save) {
-  auto out = forward_unboxed(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0.select(0, 0), c0.select(0, 0), batch_sizes, false, save);
+  auto out =
+      forward_unboxed(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0.select(0, 0), c0.select(0, 0), batch_sizes, false, save);
   return {std::move(std::get<0>(out)), std::get<1>(out).unsqueeze(0), std::get<2>(out).unsqueeze(0)};
 }
 
