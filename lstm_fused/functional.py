@@ -1,13 +1,15 @@
 """Everything above one layer: layers, directions, dropout between layers, packed batch_sizes.
 
-``lstm`` runs a stack through one ``lstm_fused::forward`` op per layer and direction. It takes
-time-major input and states already checked and ordered by the module (modules.py).
+``lstm`` runs a stack through one ``lstm_fused::forward`` op per layer and direction, and
+``lstm_cell`` one step of a cell through one such op with T = 1. They take time-major input and
+states already checked and ordered by the modules (modules.py, cells.py). While torch.onnx.export
+traces them they run torch's own ops instead (_export.py).
 """
 import torch
 import torch.autograd.forward_ad
 import torch.nn.functional as F
 
-from . import ops
+from . import _export, ops
 
 
 def lstm(x, h0, c0, weights, num_layers, bidirectional, dropout, training, batch_sizes=None):
@@ -19,17 +21,14 @@ def lstm(x, h0, c0, weights, num_layers, bidirectional, dropout, training, batch
         w_hr possibly None.
     Returns y (x.shape[:-1] + [D*P]), h_n [D*num_layers, B, P], c_n [D*num_layers, B, H].
     """
+    if _export.onnx_exporting():
+        return _export.lstm(x, h0, c0, weights, num_layers, bidirectional, dropout, training, batch_sizes)
     D = 2 if bidirectional else 1
     save = torch.is_grad_enabled() and (
         x.requires_grad or h0.requires_grad or c0.requires_grad
         or any(w is not None and w.requires_grad for ws in weights for w in ws)
     )
-    if (not save and not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling()
-            and _forward_ad_level() < 0):
-        # Nothing to differentiate (under no_grad, say): run the ops below the autograd layer,
-        # whose Python kernel (torch.library.register_autograd) would only pass the call down
-        # after ~5 µs of checks, a fifth of a streaming step. (Inference mode skips that layer
-        # already.)
+    if _below_autograd(save):
         with torch._C._AutoDispatchBelowAutograd():
             return _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=True)
     # (Dynamo refuses torch.is_inference_mode_enabled: asked only in eager calls.)
@@ -37,9 +36,32 @@ def lstm(x, h0, c0, weights, num_layers, bidirectional, dropout, training, batch
     return _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=pair)
 
 
-def _forward_ad_level():
-    # Under forward-mode AD the autograd layer must run (to refuse: the ops define no jvp).
-    return torch.autograd.forward_ad._current_level
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """One LSTM step: x [B, I], h and c [B, H], w_ih [4H, I], w_hh [4H, H], biases [4H] or None.
+    Returns (h', c'), each [B, H]: one ``lstm_fused::forward`` call with T = 1."""
+    if _export.onnx_exporting():
+        return _export.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    save = torch.is_grad_enabled() and (
+        x.requires_grad or h.requires_grad or c.requires_grad or w_ih.requires_grad or w_hh.requires_grad
+        or (b_ih is not None and b_ih.requires_grad) or (b_hh is not None and b_hh.requires_grad)
+    )
+    x = x.unsqueeze(0)
+    if _below_autograd(save):
+        with torch._C._AutoDispatchBelowAutograd():
+            _, h, c, _, _ = ops.call_forward(x, w_ih, w_hh, b_ih, b_hh, None, h, c, None, False, False)
+            return h, c
+    _, h, c, _, _ = ops.call_forward(x, w_ih, w_hh, b_ih, b_hh, None, h, c, None, False, save)
+    return h, c
+
+
+def _below_autograd(save):
+    """Whether a call with nothing to differentiate (under no_grad, say) may run the ops below the
+    autograd layer, whose Python kernel (torch.library.register_autograd) would only pass the call
+    down after ~5 µs of checks, a fifth of a streaming step. Inference mode skips that layer
+    already; torch.compile traces the op as it is; forward-mode AD needs the autograd layer (to
+    refuse: the ops define no jvp)."""
+    return (not save and not torch.is_inference_mode_enabled() and not torch.compiler.is_compiling()
+            and torch.autograd.forward_ad._current_level < 0)
 
 
 def _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=False):

@@ -1,7 +1,9 @@
 """lstm_fused.LSTM: torch.nn.LSTM's contract (constructor, parameters, shapes, errors) on our ops.
 
-Not a subclass of torch.nn.LSTM (torch.compile refuses those). The parameters are read by name on
-every call, so there is no flat-weight cache to go stale; flatten_parameters() does nothing.
+Not a subclass of torch.nn.LSTM: torch.compile (Dynamo) refuses to trace instances of torch's
+RNN modules. The parameters are read by name on every call, so there is no flat-weight cache to
+go stale; flatten_parameters() does nothing. The forward itself lives in LSTMForward, which
+convert() also puts under subclasses of torch.nn.LSTM (convert.py).
 """
 import math
 import numbers
@@ -45,7 +47,118 @@ def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_fir
         raise ValueError("proj_size has to be smaller than hidden_size")
 
 
-class LSTM(nn.Module):
+class LSTMForward:
+    """torch.nn.LSTM.forward's contract on lstm_fused's ops, for a module with torch.nn.LSTM's
+    attributes (input_size, hidden_size, num_layers, bidirectional, proj_size, batch_first,
+    dropout, training) and parameters by their names: lstm_fused.LSTM, and subclasses of
+    torch.nn.LSTM once converted."""
+
+    def _layer_weights(self):
+        # Read by name on every call (a parameter may have been replaced); the names are fixed.
+        names = self.__dict__.get("_weight_names")
+        if names is None:
+            D = 2 if self.bidirectional else 1
+            names = [tuple(f"{w}_l{layer}{'_reverse' if d else ''}"
+                           for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
+                     for layer in range(self.num_layers) for d in range(D)]
+            self.__dict__["_weight_names"] = names
+        get = self._parameters.get
+        return [(get(a), get(b), get(c), get(d), get(e)) for a, b, c, d, e in names]
+
+    # The checks of torch.nn.LSTM.forward, with its messages and in its order. Written for a
+    # short per-call path (a streaming step is ~20 us in all): each tensor attribute read once.
+    def _fused_check_input(self, input, batch_sizes, w_dtype, autocast):
+        if input.dtype != w_dtype and not autocast:
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({w_dtype}). "
+                f"Convert input: input.to({w_dtype}), or convert model: model.to({input.dtype})")
+        shape = input.shape
+        expected_dim = 2 if batch_sizes is not None else 3
+        if len(shape) != expected_dim:
+            raise RuntimeError(f"input must have {expected_dim} dimensions, got {len(shape)}")
+        if self.input_size != shape[-1]:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {shape[-1]}")
+
+    def _fused_check_hidden(self, hx, batch, w_dtype, autocast):
+        D = 2 if self.bidirectional else 1
+        expected_h = (self.num_layers * D, batch, self.proj_size if self.proj_size > 0 else self.hidden_size)
+        expected_c = (self.num_layers * D, batch, self.hidden_size)
+        h, c = hx[0], hx[1]
+        if h.shape != expected_h:
+            raise RuntimeError(f"Expected hidden[0] size {expected_h}, got {list(h.shape)}")
+        if c.shape != expected_c:
+            raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(c.shape)}")
+        if (h.dtype != w_dtype or c.dtype != w_dtype) and not autocast:
+            raise RuntimeError(
+                f"hx and cx must have the dtype of the weights ({w_dtype}), got {h.dtype} and {c.dtype}")
+
+    def forward(self, input, hx=None):
+        D = 2 if self.bidirectional else 1
+        P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        w_dtype = self._parameters["weight_ih_l0"].dtype
+        autocast = torch._C._is_any_autocast_enabled()
+        packed = isinstance(input, PackedSequence)
+        batch_sizes = sorted_indices = unsorted_indices = None
+        unbatched = False
+        if packed:
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            self._fused_check_input(input, batch_sizes, w_dtype, autocast)
+            batch = int(batch_sizes[0]) if batch_sizes.numel() else 0
+            x = input
+        else:
+            ndim = input.dim()
+            if ndim not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {ndim}D instead")
+            unbatched = ndim == 2
+            if hx is not None:
+                want = 2 if unbatched else 3
+                if hx[0].dim() != want or hx[1].dim() != want:
+                    kind = "unbatched 2-D" if unbatched else "batched 3-D"
+                    raise RuntimeError(
+                        f"For {kind} input, hx and cx should also be {want}-D but got "
+                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                if unbatched:
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            if unbatched:
+                input = input.unsqueeze(0 if self.batch_first else 1)
+            self._fused_check_input(input, None, w_dtype, autocast)
+            x = input.transpose(0, 1) if self.batch_first else input
+            batch = x.shape[1]
+        if hx is None:
+            h0 = x.new_zeros(self.num_layers * D, batch, P)
+            c0 = x.new_zeros(self.num_layers * D, batch, self.hidden_size)
+        else:
+            self._fused_check_hidden(hx, batch, w_dtype, autocast)
+            if len(hx) != 2:
+                raise RuntimeError("lstm expects two hidden states")
+            h0, c0 = hx
+            if sorted_indices is not None:
+                h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
+        if not packed and x.shape[0] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        weights = self._layer_weights()
+        if autocast and torch.is_autocast_enabled(x.device.type):
+            # As torch.nn.LSTM under autocast: input, states and weights in the autocast dtype.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, h0, c0 = x.to(dtype), h0.to(dtype), c0.to(dtype)
+            weights = [tuple(w.to(dtype) if w is not None else None for w in ws) for ws in weights]
+        y, h_n, c_n = functional.lstm(x, h0, c0, weights, self.num_layers, self.bidirectional,
+                                      self.dropout, self.training, batch_sizes)
+        if unsorted_indices is not None:
+            h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+        if packed:
+            return PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        if unbatched:
+            y = y.squeeze(0 if self.batch_first else 1)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return y, (h_n, c_n)
+
+
+
+class LSTM(LSTMForward, nn.Module):
     """A drop-in torch.nn.LSTM whose layers run lstm_fused's fused kernels.
 
     Same constructor, parameters (names, order, shapes, init), state_dict, inputs and outputs
@@ -121,128 +234,3 @@ class LSTM(nn.Module):
         if self.bidirectional is not False:
             s += ", bidirectional={bidirectional}"
         return s.format(**self.__dict__)
-
-    def _layer_weights(self):
-        # Read by name on every call (a parameter may have been replaced); the names are fixed.
-        names = self.__dict__.get("_weight_names")
-        if names is None:
-            D = 2 if self.bidirectional else 1
-            names = [tuple(f"{w}_l{layer}{'_reverse' if d else ''}"
-                           for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"))
-                     for layer in range(self.num_layers) for d in range(D)]
-            self.__dict__["_weight_names"] = names
-        get = self._parameters.get
-        return [(get(a), get(b), get(c), get(d), get(e)) for a, b, c, d, e in names]
-
-    # The checks of torch.nn.LSTM.forward, with its messages and in its order. Written for a
-    # short per-call path (a streaming step is ~20 us in all): each tensor attribute read once.
-    def _check_input(self, input, batch_sizes, w_dtype, autocast):
-        if input.dtype != w_dtype and not autocast:
-            raise ValueError(
-                f"RNN input dtype ({input.dtype}) does not match weight dtype ({w_dtype}). "
-                f"Convert input: input.to({w_dtype}), or convert model: model.to({input.dtype})")
-        shape = input.shape
-        expected_dim = 2 if batch_sizes is not None else 3
-        if len(shape) != expected_dim:
-            raise RuntimeError(f"input must have {expected_dim} dimensions, got {len(shape)}")
-        if self.input_size != shape[-1]:
-            raise RuntimeError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {shape[-1]}")
-
-    def _check_hidden(self, hx, batch, w_dtype, autocast):
-        D = 2 if self.bidirectional else 1
-        expected_h = (self.num_layers * D, batch, self.proj_size if self.proj_size > 0 else self.hidden_size)
-        expected_c = (self.num_layers * D, batch, self.hidden_size)
-        h, c = hx[0], hx[1]
-        if h.shape != expected_h:
-            raise RuntimeError(f"Expected hidden[0] size {expected_h}, got {list(h.shape)}")
-        if c.shape != expected_c:
-            raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(c.shape)}")
-        if (h.dtype != w_dtype or c.dtype != w_dtype) and not autocast:
-            raise RuntimeError(
-                f"hx and cx must have the dtype of the weights ({w_dtype}), got {h.dtype} and {c.dtype}")
-
-    def forward(self, input, hx=None):
-        D = 2 if self.bidirectional else 1
-        P = self.proj_size if self.proj_size > 0 else self.hidden_size
-        w_dtype = self._parameters["weight_ih_l0"].dtype
-        autocast = torch._C._is_any_autocast_enabled()
-        packed = isinstance(input, PackedSequence)
-        batch_sizes = sorted_indices = unsorted_indices = None
-        unbatched = False
-        if packed:
-            input, batch_sizes, sorted_indices, unsorted_indices = input
-            self._check_input(input, batch_sizes, w_dtype, autocast)
-            batch = int(batch_sizes[0]) if batch_sizes.numel() else 0
-            x = input
-        else:
-            ndim = input.dim()
-            if ndim not in (2, 3):
-                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {ndim}D instead")
-            unbatched = ndim == 2
-            if hx is not None:
-                want = 2 if unbatched else 3
-                if hx[0].dim() != want or hx[1].dim() != want:
-                    kind = "unbatched 2-D" if unbatched else "batched 3-D"
-                    raise RuntimeError(
-                        f"For {kind} input, hx and cx should also be {want}-D but got "
-                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-                if unbatched:
-                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-            if unbatched:
-                input = input.unsqueeze(0 if self.batch_first else 1)
-            self._check_input(input, None, w_dtype, autocast)
-            x = input.transpose(0, 1) if self.batch_first else input
-            batch = x.shape[1]
-        if hx is None:
-            h0 = x.new_zeros(self.num_layers * D, batch, P)
-            c0 = x.new_zeros(self.num_layers * D, batch, self.hidden_size)
-        else:
-            self._check_hidden(hx, batch, w_dtype, autocast)
-            if len(hx) != 2:
-                raise RuntimeError("lstm expects two hidden states")
-            h0, c0 = hx
-            if sorted_indices is not None:
-                h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
-        if not packed and x.shape[0] == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        weights = self._layer_weights()
-        if autocast and torch.is_autocast_enabled(x.device.type):
-            # As torch.nn.LSTM under autocast: input, states and weights in the autocast dtype.
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, h0, c0 = x.to(dtype), h0.to(dtype), c0.to(dtype)
-            weights = [tuple(w.to(dtype) if w is not None else None for w in ws) for ws in weights]
-        y, h_n, c_n = functional.lstm(x, h0, c0, weights, self.num_layers, self.bidirectional,
-                                      self.dropout, self.training, batch_sizes)
-        if unsorted_indices is not None:
-            h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
-        if packed:
-            return PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
-        if self.batch_first:
-            y = y.transpose(0, 1)
-        if unbatched:
-            y = y.squeeze(0 if self.batch_first else 1)
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return y, (h_n, c_n)
-
-
-def convert(model):
-    """Swaps every torch.nn.LSTM inside ``model`` (or ``model`` itself) for an lstm_fused.LSTM.
-
-    The new modules hold the very same Parameter objects (values, dtype, device, requires_grad;
-    optimizers that hold them keep working) and the same training flag. Returns the model.
-    """
-    if isinstance(model, nn.LSTM):
-        return _from_torch(model)
-    for name, child in model.named_children():
-        setattr(model, name, convert(child))
-    return model
-
-
-def _from_torch(m):
-    new = LSTM(m.input_size, m.hidden_size, m.num_layers, m.bias, m.batch_first, m.dropout, m.bidirectional,
-               m.proj_size, device="meta")
-    for name in new._flat_weights_names:
-        setattr(new, name, getattr(m, name))
-    new.train(m.training)
-    return new

@@ -1,0 +1,73 @@
+"""lstm_fused.LSTMCell: torch.nn.LSTMCell's contract, one step through one lstm_fused::forward call.
+
+A subclass of torch.nn.LSTMCell (Dynamo traces cells, unlike torch's RNN modules), so the
+constructor, parameters, init, extra_repr and state_dict are torch's own, and code that checks
+isinstance(m, nn.LSTMCell) keeps working. Only forward differs: a decoder steps a cell once per
+token, so the call path is kept short (the checks read each attribute once).
+"""
+import torch
+from torch import nn
+
+from . import functional
+
+
+class LSTMCell(nn.LSTMCell):
+    """A drop-in torch.nn.LSTMCell whose step runs lstm_fused's fused kernel (a layer with T = 1)."""
+
+    def forward(self, input, hx=None):
+        dim = input.dim()
+        if dim not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {dim}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+        batched = dim == 2
+        if not batched:
+            input = input.unsqueeze(0)
+        H = self.hidden_size
+        if hx is None:
+            h = c = input.new_zeros(input.shape[0], H)
+        else:
+            if not isinstance(hx, (tuple, list)):
+                raise TypeError(f"lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, "
+                                f"not {type(hx).__name__}")
+            h, c = (hx[0], hx[1]) if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        w_ih, w_hh = self.weight_ih, self.weight_hh
+        b_ih, b_hh = self.bias_ih, self.bias_hh
+        _check_step(input, h, c, self.input_size, H, w_ih.dtype)
+        if input.is_cuda and torch.is_autocast_enabled("cuda"):
+            # As torch.nn.LSTMCell under autocast, whose lstm_cell is on CUDA's list of ops run in
+            # the autocast dtype (not on the CPU's): input, states and weights in that dtype.
+            dtype = torch.get_autocast_dtype("cuda")
+            input, h, c, w_ih, w_hh = input.to(dtype), h.to(dtype), c.to(dtype), w_ih.to(dtype), w_hh.to(dtype)
+            b_ih = b_ih.to(dtype) if b_ih is not None else None
+            b_hh = b_hh.to(dtype) if b_hh is not None else None
+        h, c = functional.lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)
+        if not batched:
+            return h.squeeze(0), c.squeeze(0)
+        return h, c
+
+
+def _check_step(input, h, c, input_size, hidden_size, w_dtype):
+    """torch's checks of an RNN cell step (ATen's check_rnn_cell_forward_*), with its messages."""
+    batch, got = input.shape
+    if got != input_size:
+        raise RuntimeError(f"input has inconsistent input_size: got {got} expected {input_size}")
+    for name, state in (("hidden0", h), ("hidden1", c)):
+        shape = state.shape
+        if shape[0] != batch:
+            raise RuntimeError(f"Input batch size {batch} doesn't match {name} batch size {shape[0]}")
+        if shape[1] != hidden_size:
+            raise RuntimeError(f"{name} has inconsistent hidden_size: got {shape[1]}, expected {hidden_size}")
+    if not (input.is_cuda and torch.is_autocast_enabled("cuda")):
+        for t in (input, h, c):
+            if t.dtype != w_dtype:
+                raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_dtype_name(t.dtype)} "
+                                   f"and {_dtype_name(w_dtype)}")
+
+
+def _dtype_name(dtype):
+    # ATen's names in its messages: Float, Double, BFloat16, Half.
+    return {torch.float32: "Float", torch.float64: "Double", torch.bfloat16: "BFloat16",
+            torch.float16: "Half"}.get(dtype, str(dtype))
