@@ -1,4 +1,4 @@
-"""FLOPs and bytes of a case: the performance model of ARCHITECTURE.md.
+"""FLOPs and bytes of a case: the performance model of docs/ARCHITECTURE.md.
 
 FLOPs per layer and direction: 2*rows*4H*(I_l + P), plus 2*rows*H*P with a projection
 (rows = T*B dense, sum(lengths) packed; I_l = I for layer 0, D*P above it); x3 for training

@@ -1,7 +1,7 @@
 """Which sources the extension was built from.
 
 setup.py hashes csrc/ at build time and compiles the hash into lstm_fused._C; here the same hash is
-taken again from the tree beside the package, so that a benchmark run or a test session against an
+taken again from the tree beside the package, so that a benchmark run or a test run against an
 extension built from other sources (an edit not yet rebuilt, an experiment not yet reverted) says
 so. Standard library only: setup.py loads this file by its path, before the package can import.
 """
