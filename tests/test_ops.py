@@ -216,6 +216,11 @@ OPCHECK_CASES = {
     "bfloat16": dict(dtype=torch.bfloat16, packed=True),
     "dense_noncontiguous": dict(noncontig=True, P=4),
     "packed_noncontiguous": dict(noncontig=True, packed=True),
+    # Single steps, as LSTMCell calls the op: the input inside the kernel (B <= 4, no save), the
+    # in-place path (up to 32 rows), and the step GEMM (above 32 rows).
+    "cell_step_b2": dict(T=1, B=2, save=False),
+    "cell_step_b17": dict(T=1, B=17, dtype=torch.float32),
+    "cell_step_b33": dict(T=1, B=33, save=False),
 }
 
 
