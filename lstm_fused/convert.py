@@ -34,21 +34,21 @@ def convert(model):
     The same Parameter objects stay in the model (values, dtype, device, requires_grad; optimizers
     that hold them keep working), with the same training flag and hooks. Returns the model.
     """
-    swapped = _convert_one(model)
-    if swapped is not None:
-        return swapped
-    for name, child in model.named_children():
-        setattr(model, name, convert(child))
-    return model
+    return _swap(model, _convert_one)
 
 
 def revert(model):
     """convert()'s inverse: torch's own modules again, on the same Parameter objects. Returns the model."""
-    swapped = _revert_one(model)
+    return _swap(model, _revert_one)
+
+
+def _swap(model, swap_one):
+    """``swap_one(model)``, or where that is None (not a module it swaps), the same for each child."""
+    swapped = swap_one(model)
     if swapped is not None:
         return swapped
     for name, child in model.named_children():
-        setattr(model, name, revert(child))
+        setattr(model, name, _swap(child, swap_one))
     return model
 
 

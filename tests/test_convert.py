@@ -8,8 +8,6 @@ length was 0 (masked_scatter) and unpacks; other methods read nn.LSTM's attribut
 states with repeat_interleave for sampling.
 """
 import copy
-import io
-import pickle
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ from torch.nn.utils import rnn
 
 import lstm_fused
 from lstm_fused.convert import FusedLSTMMixin
+from utils import roundtrip
 
 
 class RecurrentMixin:
@@ -193,24 +192,13 @@ def test_cell_subclass_and_plain_cell():
     assert lstm_fused.convert(cell) is cell and type(cell) is lstm_fused.LSTMCell
 
 
-def _roundtrip(how, module):
-    if how == "deepcopy":
-        return copy.deepcopy(module)
-    if how == "pickle":
-        return pickle.loads(pickle.dumps(module))
-    buf = io.BytesIO()
-    torch.save(module, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=False)
-
-
 @pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch_save"])
 def test_converted_subclass_copies_and_saves(how):
     torch.manual_seed(0)
     model = nn.Sequential(ForecastLSTM(3, 4, 2, batch_first=True), nn.Linear(4, 1)).double()
     lstm_fused.convert(model)
     model[0].tag = "changed"
-    clone = _roundtrip(how, model)
+    clone = roundtrip(how, model)
     assert type(clone[0]) is type(model[0]) and clone[0].tag == "changed"
     x, lengths = _inputs(5, 6, 3, batch_first=True)
     expected = model[0](x, lengths=lengths, enforce_sorted=False)[0]

@@ -1,16 +1,14 @@
 """The module contract: parameters, state_dict both ways, init, dtype/device, convert, pickling."""
 
-import copy
 import io
 import math
-import pickle
 
 import pytest
 import torch
 from torch import nn
 
 import lstm_fused
-from utils import Config, assert_results_close, make_data, make_pair, run_model
+from utils import Config, assert_results_close, make_data, make_pair, roundtrip, run_model
 
 CONFIGS = [
     Config(I=3, H=5),
@@ -202,23 +200,12 @@ def test_convert_leaves_other_modules_alone():
 # -- pickling / copying -------------------------------------------------------------------------
 
 
-def roundtrip_torch_save(module):
-    buf = io.BytesIO()
-    torch.save(module, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=False)
-
-
 @pytest.mark.parametrize("how", ["torch_save", "pickle", "deepcopy"])
 def test_pickle_and_deepcopy(how):
     cfg = Config(T=4, B=3, I=3, H=5, num_layers=2, bidirectional=True, proj_size=2,
                  input_kind="packed_unsorted")
     _, ours = make_pair(cfg)
-    clone = {
-        "torch_save": roundtrip_torch_save,
-        "pickle": lambda m: pickle.loads(pickle.dumps(m)),
-        "deepcopy": copy.deepcopy,
-    }[how](ours)
+    clone = roundtrip(how, ours)
     assert type(clone) is lstm_fused.LSTM
     data = make_data(cfg)
     expected = run_model(ours, cfg, data)

@@ -7,7 +7,10 @@ initial states and every parameter under the same upstream gradient).
 """
 
 import contextlib
+import copy
 import dataclasses
+import io
+import pickle
 import zlib
 
 import torch
@@ -272,3 +275,15 @@ def num_threads(n):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def roundtrip(how, module):
+    """A copy of ``module`` made by copy.deepcopy, pickle, or torch.save / torch.load (whole module)."""
+    if how == "deepcopy":
+        return copy.deepcopy(module)
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(module))
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
