@@ -146,8 +146,8 @@ LARGER = [
            dtype=torch.float64),
     Config(T=10, B=1, I=24, H=128, proj_size=40, dtype=torch.float32),  # small-batch (GEMV) path
     Config(T=10, B=2, I=24, H=100, bidirectional=True, dtype=torch.float64),
-    # The backward's dh product in panels of W_hh rows (csrc/kernels/cpu/lstm_cpu_impl.h,
-    # kBwdPanelBytes): 2 panels of 400 and 240 rows, then 3 of 416, 416 and 368.
+    # The backward's dh product in panels of W_hh rows (csrc/kernels/cpu/backward.h, kBwdPanelBytes
+    # in dispatch.h): 2 panels of 400 and 240 rows, then 3 of 416, 416 and 368.
     Config(T=5, B=6, I=8, H=160, bidirectional=True, dtype=torch.float64),
     Config(T=4, B=5, I=8, H=300, input_kind="packed_unsorted", dtype=torch.float32),
     # One step of more than 32 rows: the recurrent product as a GEMM in the adapter
@@ -439,7 +439,7 @@ LOOKAHEAD = [  # batch 1, at most 512 KB of weights: x W_ih^T a chunk of 8 steps
 @pytest.mark.parametrize("cfg", LOOKAHEAD, ids=case_id)
 def test_parity_batch1_lookahead(cfg, threads):
     """Batch 1 computes the input projection inside the recurrence, each step adding a piece of the
-    next 8 steps' (csrc/kernels/cpu/lstm_cpu_impl.h, lookahead_tile): whole and partial last
+    next 8 steps' (csrc/kernels/cpu/gate_tiles.h, lookahead_tile): whole and partial last
     chunks, the reverse direction, quarters of I with no columns (I < 4), with and without saving
     activations for the backward."""
     with num_threads(threads):

@@ -71,9 +71,9 @@ using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
 // weights and states; x, batch_sizes and save shared), at once on two threads where the CPU ops
 // get exactly two: each direction then runs its recurrence on one thread with no barrier per
 // step, where one after the other each split its steps across both (measured in
-// benchmarks/NOTES.md, session 15). The calls go through the dispatcher as forward_unboxed's do,
-// in the caller's thread-local state (grad mode, dispatch keys, profiler). Elsewhere (CUDA, other
-// thread counts; nested teams are not built) one after the other.
+// benchmarks/NOTES.md, the row of commit 0ba2974). The calls go through the dispatcher as
+// forward_unboxed's do, in the caller's thread-local state (grad mode, dispatch keys, profiler).
+// Elsewhere (CUDA, other thread counts; nested teams are not built) one after the other.
 std::tuple<ForwardOut, ForwardOut> forward_pair_unboxed(
     const at::Tensor& x, const c10::optional<at::Tensor>& batch_sizes, bool save, const at::Tensor& w_ih0,
     const at::Tensor& w_hh0, const c10::optional<at::Tensor>& b_ih0, const c10::optional<at::Tensor>& b_hh0,
