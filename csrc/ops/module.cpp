@@ -70,10 +70,10 @@ using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
 // A bidirectional layer's two lstm_fused::forward calls (forward direction, then reverse: their
 // weights and states; x, batch_sizes and save shared), at once on two threads where the CPU ops
 // get exactly two: each direction then runs its recurrence on one thread with no barrier per
-// step, where one after the other each split its steps across both (measured in
-// benchmarks/NOTES.md, the row of commit 0ba2974). The calls go through the dispatcher as
-// forward_unboxed's do, in the caller's thread-local state (grad mode, dispatch keys, profiler).
-// Elsewhere (CUDA, other thread counts; nested teams are not built) one after the other.
+// step, where one after the other each split its steps across both (measured at commit 0ba2974;
+// docs/performance.md). The calls go through the dispatcher as forward_unboxed's do, in the
+// caller's thread-local state (grad mode, dispatch keys, profiler). Elsewhere (CUDA, other
+// thread counts; nested teams are not built) one after the other.
 std::tuple<ForwardOut, ForwardOut> forward_pair_unboxed(
     const at::Tensor& x, const c10::optional<at::Tensor>& batch_sizes, bool save, const at::Tensor& w_ih0,
     const at::Tensor& w_hh0, const c10::optional<at::Tensor>& b_ih0, const c10::optional<at::Tensor>& b_hh0,

@@ -139,7 +139,7 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
           for_column_groups(pb0, pb1, columns);
         });
       }
-        bar.wait();
+      bar.wait();
     }
   });
   for (int64_t i = 0; i < B * P; ++i) p.dh0[i] = from_acc<scalar_t>(dh[i]);

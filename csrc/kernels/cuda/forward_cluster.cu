@@ -3,7 +3,7 @@
 // spread over the shared memory of C = 16 (or 8) blocks. The grid-wide kernel
 // (forward_persistent.cu) pays a grid barrier through L2 and an L2 round trip for h every step
 // (about 4 µs on an H100, half of it the barrier); inside a cluster, h travels through distributed
-// shared memory (measured ~2.7 µs per step at B=8, H=128: benchmarks/NOTES.md).
+// shared memory (measured ~2.7 µs per step at B=8, H=128: docs/performance.md).
 //
 // Block `rank` owns hidden units j0 = rank*U .. j0+U-1 (U a multiple of 8; blocks past H own
 // none and sit out the steps) with their 4 gate rows of W_hh in shared memory. Every block
@@ -321,7 +321,7 @@ ClusterPlan make_plan(const ForwardArgs& a) {
     q.off_cs = q.off_hs + round_up(static_cast<int64_t>(q.BT) * q.U * sz, 16);
     q.off_bar = round_up(q.off_cs + static_cast<int64_t>(q.BT) * q.U * 4, 16);
     q.smem = q.off_bar + 16;
-    // Measured on an H100 (benchmarks/NOTES.md): ahead of the grid-wide kernel while a block
+    // Measured on an H100 (docs/performance.md): ahead of the grid-wide kernel while a block
     // has at most 128 (row, unit) items per step (B=8 at H=256, B=1 at H=256), or 16 units of
     // 16 rows (B=16 at H=256: 3.98 vs 5.21 ms), behind it beyond (B=8 at H=512: 5.48 vs
     // 5.09, B=32 at H=256: 7.59 vs 6.49), where the block's own chain grows and the grid kernel
