@@ -3,6 +3,7 @@
 Entry point: ``python3 -m benchmarks.run`` (see ``benchmarks/run.py``) or ``bash benchmarks/run.sh``.
 Modules, one concept each:
     cases       the Case record and the grids (CPU default/quick/full, GPU default/full)
+    models      model rows: whole model steps (forecasting training, seq2seq decoding, a tagger)
     perf_model  FLOPs and fewest bytes of a case (docs/ARCHITECTURE.md, "Performance model")
     timing      interleaved, synchronized, median timing of several contenders
     contenders  nn.LSTM / lstm_fused.LSTM / reference built with the same weights, and their callables

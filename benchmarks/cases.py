@@ -1,6 +1,9 @@
 """The benchmark cases: one record per timed configuration, and the grids that list them.
 
-CPU rows come from issue 3 (the CPU target table), GPU rows from issue 4 (item 5: the GPU grid).
+Two kinds of record: a Case times one LSTM layer stack on a shape; a ModelCase times a whole model
+step (benchmarks/models.py) with torch's modules against the same model after lstm_fused.convert.
+The CPU grids open with the target table (each row with its required speedup), then a spread of
+other shapes, then the model rows; the GPU grids sweep B x H x T x dtype x mode.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ class Case:
     no_grad: bool = False
     # CPU: torch.set_num_threads for this case; None keeps torch's default.
     threads: Optional[int] = None
-    # The target from the issue this row comes from ("" when the row is only part of a spread).
+    # The speedup this row must reach, e.g. ">=2x" ("" when the row is only part of a spread).
     target: str = ""
     # GPU: also time FlashRNN (when importable) on this case.
     flashrnn: bool = False
@@ -97,6 +100,54 @@ class Case:
         return d
 
 
+MODEL_NAMES = ("forecast", "seq2seq", "tagger")
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """One whole-model step (benchmarks/models.py): the model with torch's modules against a deep copy
+    converted with lstm_fused.convert, same weights, same batch on every call. fp32 only."""
+
+    model: str  # one of MODEL_NAMES
+    B: int
+    H: int
+    layers: int = 1
+    training: bool = False
+    # forecast: the longest encoder length (lengths are drawn in [0, max_len], some 0);
+    # seq2seq: the source length; tagger: the longest sentence.
+    max_len: int = 0
+    # tagger: the shortest sentence (lengths spread evenly over [min_len, max_len]).
+    min_len: int = 0
+    # forecast: the decoder's horizon; seq2seq: greedy decoding steps.
+    steps: int = 0
+    # seq2seq: source and target vocabulary; tagger: word vocabulary.
+    vocab: int = 0
+    threads: Optional[int] = None
+    target: str = ""
+    dtype: str = "float32"
+
+    kind = "model"
+
+    def __post_init__(self):
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}; one of {MODEL_NAMES}")
+
+    @property
+    def label(self) -> str:
+        if self.model == "forecast":
+            return (f"model forecast-{'train' if self.training else 'infer'} B{self.B} H{self.H} "
+                    f"L{self.layers} enc<={self.max_len} dec{self.steps}")
+        if self.model == "seq2seq":
+            return f"model seq2seq-greedy B{self.B} H{self.H} src{self.max_len} V{self.vocab} {self.steps}steps"
+        return (f"model tagger-{'train' if self.training else 'infer'} B{self.B} H{self.H} L{self.layers} bi "
+                f"len{self.min_len}-{self.max_len}")
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(label=self.label, kind=self.kind)
+        return d
+
+
 def packed_lengths(batch: int, lo: int, hi: int, seed: int = 0) -> tuple[int, ...]:
     """Lengths evenly spread over [lo, hi], shuffled (so the unsorted PackedSequence path runs too)."""
     if batch == 1:
@@ -108,7 +159,7 @@ def packed_lengths(batch: int, lo: int, hi: int, seed: int = 0) -> tuple[int, ..
 
 # ----------------------------------------------------------------------------------------- CPU
 def cpu_target_rows() -> list[Case]:
-    """Every row of issue 3's target table, in its order."""
+    """The CPU target table: the shapes lstm_fused must win on, each with its required speedup."""
     return [
         Case(B=1, T=256, I=128, H=128, target=">=2x", reference=True),
         Case(B=1, T=1, I=64, H=128, stream_calls=200, target=">=5x"),
@@ -138,16 +189,30 @@ def cpu_spread() -> list[Case]:
     ]
 
 
-def with_threads(cases: list[Case], thread_counts: list[Optional[int]]) -> list[Case]:
+def cpu_model_rows() -> list[ModelCase]:
+    """Whole model steps (benchmarks/models.py), the two greedy-decode rows with their targets."""
+    return [
+        ModelCase("forecast", B=64, H=32, layers=2, training=True, max_len=48, steps=24),
+        ModelCase("forecast", B=64, H=64, layers=2, training=True, max_len=48, steps=24),
+        ModelCase("seq2seq", B=1, H=128, max_len=20, steps=100, vocab=1000, target=">=2.5x"),
+        ModelCase("seq2seq", B=32, H=256, max_len=20, steps=100, vocab=1000, target=">=1.3x"),
+        ModelCase("tagger", B=32, H=128, layers=1, min_len=5, max_len=40, vocab=5000),
+        ModelCase("tagger", B=32, H=256, layers=2, min_len=5, max_len=40, vocab=5000),
+        ModelCase("tagger", B=32, H=128, layers=1, min_len=5, max_len=40, vocab=5000, training=True),
+        ModelCase("tagger", B=32, H=256, layers=2, min_len=5, max_len=40, vocab=5000, training=True),
+    ]
+
+
+def with_threads(cases: list, thread_counts: list[Optional[int]]) -> list:
     return [dataclasses.replace(c, threads=t) for t in thread_counts for c in cases]
 
 
-def cpu_default(thread_counts: list[Optional[int]]) -> list[Case]:
-    return with_threads(cpu_target_rows() + cpu_spread(), thread_counts)
+def cpu_default(thread_counts: list[Optional[int]]) -> list:
+    return with_threads(cpu_target_rows() + cpu_spread() + cpu_model_rows(), thread_counts)
 
 
-def cpu_quick() -> list[Case]:
-    """Tiny cases for a smoke test (< 60 s on 2 cores with everything else)."""
+def cpu_quick() -> list:
+    """Tiny cases, one of each model too, for a smoke test (< 60 s on 2 cores with everything else)."""
     return [
         Case(B=1, T=32, I=32, H=32, reference=True),
         Case(B=1, T=1, I=16, H=32, stream_calls=20),
@@ -156,18 +221,32 @@ def cpu_quick() -> list[Case]:
         Case(B=2, T=16, I=32, H=32, layers=2, bidirectional=True),
         Case(B=4, T=16, I=32, H=32, training=True),
         Case(B=4, T=16, I=32, H=32, dtype="bfloat16"),
+        ModelCase("forecast", B=8, H=16, layers=2, training=True, max_len=12, steps=4),
+        ModelCase("seq2seq", B=2, H=32, max_len=6, steps=10, vocab=50),
+        ModelCase("tagger", B=4, H=32, layers=1, min_len=3, max_len=10, vocab=100),
+        ModelCase("tagger", B=4, H=32, layers=2, min_len=3, max_len=10, vocab=100, training=True),
     ]
 
 
-def cpu_full(thread_counts: list[Optional[int]]) -> list[Case]:
-    """The default rows plus the wide grid (B 1..128, H 32..1024, T 1..1024, inference and training)."""
+def cpu_full(thread_counts: list[Optional[int]]) -> list:
+    """The default rows plus the wide grid (B 1..128, H 32..1024, T 1..1024, inference and training)
+    and more model sizes."""
     wide = [
         Case(B=b, T=t, I=h, H=h, training=tr)
         for tr, b, h, t in itertools.product(
             (False, True), (1, 8, 32, 128), (32, 128, 512, 1024), (1, 32, 256, 1024)
         )
     ]
-    return cpu_default(thread_counts) + with_threads(wide, thread_counts[:1])
+    models = [
+        ModelCase("forecast", B=128, H=64, layers=2, training=True, max_len=48, steps=12),
+        ModelCase("forecast", B=64, H=128, layers=2, training=True, max_len=96, steps=24),
+        ModelCase("seq2seq", B=1, H=256, max_len=20, steps=100, vocab=1000),
+        ModelCase("seq2seq", B=8, H=128, max_len=20, steps=100, vocab=1000),
+        ModelCase("seq2seq", B=32, H=512, max_len=20, steps=100, vocab=1000),
+        ModelCase("tagger", B=32, H=256, layers=1, min_len=5, max_len=40, vocab=5000),
+        ModelCase("tagger", B=8, H=128, layers=2, min_len=5, max_len=40, vocab=5000, training=True),
+    ]
+    return cpu_default(thread_counts) + with_threads(wide + models, thread_counts[:1])
 
 
 # ----------------------------------------------------------------------------------------- GPU
@@ -202,7 +281,7 @@ def _gpu_extras() -> list[Case]:
 
 
 def gpu_default() -> list[Case]:
-    """Representative subset of issue 4's grid, about 5 minutes on an H100."""
+    """Representative subset of the GPU grid (gpu_full), about 5 minutes on an H100."""
     grid = _gpu_grid(bs=(1, 8, 32), hs=(256, 512, 1024), ts=(1, 1024))
     others = _gpu_grid(bs=(128, 512), hs=(512,), ts=(128,), dtypes=("bfloat16",))
     others += _gpu_grid(bs=(8,), hs=(128, 768, 2048), ts=(128,), dtypes=("bfloat16",))
@@ -210,7 +289,7 @@ def gpu_default() -> list[Case]:
 
 
 def gpu_full() -> list[Case]:
-    """All of issue 4's grid: B {1,8,32,128,512} x H {128..2048} x T {1,128,1024} x dtypes x modes."""
+    """The whole GPU grid: B {1,8,32,128,512} x H {128..2048} x T {1,128,1024} x dtypes x modes."""
     grid = _gpu_grid(bs=(1, 8, 32, 128, 512), hs=(128, 256, 512, 768, 1024, 2048), ts=(1, 128, 1024))
     flash_grid = [dataclasses.replace(c, flashrnn=True) for c in grid if c.dtype != "float32" and c.T > 1]
     keep = [c for c in grid if not (c.dtype != "float32" and c.T > 1)]

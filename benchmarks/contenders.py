@@ -7,6 +7,8 @@ every parameter, so nothing accumulates between calls), or a whole streaming loo
 carrying (h, c). Contenders: "lstm_fused" (ours), "nn.LSTM" (oneDNN on CPU, cuDNN on GPU), and where
 asked "reference" (lstm_fused.reference.lstm_reference) and "flashrnn" (GPU). A contender that cannot run a case
 is left out with its reason in `skipped` (printed and written to the JSON by the caller).
+Model rows (benchmarks/models.py) keep the two names: "nn.LSTM" is then the model as written, with
+torch's modules, and "lstm_fused" the same model after lstm_fused.convert.
 """
 from __future__ import annotations
 
@@ -148,8 +150,13 @@ def _make_reference(case: Case, ref: nn.Module) -> nn.Module:
     return Reference()
 
 
-def build(case: Case, device: torch.device, flashrnn_backend: str | None) -> Contenders:
-    """flashrnn_backend: FlashRNN's backend name, or None not to time FlashRNN at all."""
+def build(case, device: torch.device, flashrnn_backend: str | None) -> Contenders:
+    """flashrnn_backend: FlashRNN's backend name, or None not to time FlashRNN at all.
+    A ModelCase goes to benchmarks.models, which checks and builds its two models."""
+    if case.kind == "model":
+        from . import models
+
+        return models.build(case, device)
     out = Contenders()
     ref, ours = make_pair(case, device)
     inp = None if case.stream_calls else make_input(case, device)

@@ -4,23 +4,26 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Optional
+from typing import Optional, Union
 
 from . import perf_model
-from .cases import Case
+from .cases import Case, ModelCase
 from .contenders import FLASHRNN, OURS, TORCH, Contenders
 from .timing import Timings
 
 
-def case_result(case: Case, key: str, timings: Optional[Timings], cont: Optional[Contenders],
-                ceilings: dict, error: Optional[str] = None) -> dict:
-    """Everything about one case for the JSON: shape/options, raw times, rates, % of ceilings."""
+def case_result(case: Union[Case, ModelCase], key: str, timings: Optional[Timings],
+                cont: Optional[Contenders], ceilings: dict, error: Optional[str] = None) -> dict:
+    """Everything about one case for the JSON: shape/options, raw times, rates, % of ceilings.
+    A model row has no performance model (its LSTMs are a part of the step): rates are None."""
+    model = case.kind == "model"
+    fused, unfused = (None, None) if model else perf_model.bytes_moved(case)
     res = {
         "case": case.to_json(),
         "ceiling_key": key,
-        "flops": perf_model.flops(case),
-        "bytes_fused": perf_model.bytes_moved(case)[0],
-        "bytes_unfused": perf_model.bytes_moved(case)[1],
+        "flops": None if model else perf_model.flops(case),
+        "bytes_fused": fused,
+        "bytes_unfused": unfused,
         "contenders": {},
         "skipped": dict(cont.skipped) if cont else {},
         "notes": dict(cont.notes) if cont else {},
@@ -33,13 +36,13 @@ def case_result(case: Case, key: str, timings: Optional[Timings], cont: Optional
     copy = ceil.get("copy_gbps")
     for name, samples in timings.per_call_s.items():
         med = timings.median(name)
-        r = perf_model.rates(case, med)
+        r = dict(gflops=None, gbps=None, gbps_unfused=None) if model else perf_model.rates(case, med)
         r.update(
             median_ms=med * 1e3,
             per_call_ms=[s * 1e3 for s in samples],
             inner=timings.inner[name],
-            pct_gemm=100.0 * r["gflops"] / gemm if gemm else None,
-            pct_copy=100.0 * r["gbps"] / copy if copy else None,
+            pct_gemm=_pct(r["gflops"], gemm),
+            pct_copy=_pct(r["gbps"], copy),
             spread=timings.spread(name),
         )
         res["contenders"][name] = r
@@ -60,8 +63,12 @@ def rescale(res: dict, ceilings: dict) -> None:
     gemm = ceil.get("gemm_gflops", {}).get(res["case"]["dtype"])
     copy = ceil.get("copy_gbps")
     for r in res["contenders"].values():
-        r["pct_gemm"] = 100.0 * r["gflops"] / gemm if gemm else None
-        r["pct_copy"] = 100.0 * r["gbps"] / copy if copy else None
+        r["pct_gemm"] = _pct(r["gflops"], gemm)
+        r["pct_copy"] = _pct(r["gbps"], copy)
+
+
+def _pct(rate, ceiling):
+    return 100.0 * rate / ceiling if rate is not None and ceiling else None
 
 
 def _threads(res: dict) -> str:
@@ -82,7 +89,7 @@ def progress_line(i: int, n: int, res: dict) -> str:
     line = f"{head}  " + "  ".join(parts)
     if "speedup" in res:
         line += f"  speedup {res['speedup']:.2f}x"
-    if OURS in c:
+    if OURS in c and c[OURS]["gflops"] is not None:
         line += f"  {c[OURS]['gflops']:.1f} GFLOP/s ({_fmt(c[OURS]['pct_gemm'], '.0f')}%)"
     if res.get("noisy"):
         line += "  NOISY (spread > 20%)"
@@ -121,6 +128,9 @@ def table(results: list[dict]) -> str:
                                for i, (v, w) in enumerate(zip(row, widths))))
     lines.append("speedup = t(nn.LSTM)/t(lstm_fused), medians; '?' = noisy (a contender's IQR > 20% of "
                  "its median); GFLOP/s, GB/s: lstm_fused's; % of this run's measured GEMM / copy ceilings")
+    if any(r["case"]["kind"] == "model" for r in results):
+        lines.append("model rows: the whole step of the model as written (torch's modules) over the same "
+                     "model after lstm_fused.convert; no rates (the LSTMs are a part of the step)")
     return "\n".join(lines)
 
 
@@ -152,7 +162,11 @@ def plot(path: str, results: list[dict], title: str) -> Optional[str]:
     flash = [r.get("speedup_flashrnn_over_nn.LSTM") for r in done]
     has_flash = any(v is not None for v in flash)
     n = len(done)
-    fig, ax = plt.subplots(figsize=(10, 0.26 * n + 1.6))
+    # Room for the longest label at fontsize 7 (~0.055 in a character): tight_layout alone cut the
+    # model rows' long labels.
+    label_in = 0.055 * max(map(len, labels)) + 0.2
+    width = max(10.0, label_in + 6.5)
+    fig, ax = plt.subplots(figsize=(width, 0.26 * n + 1.6))
     ys = list(range(n))
     h = 0.4 if has_flash else 0.7
     colors = ["tab:green" if s >= 1.0 else "tab:red" for s in ours]
@@ -176,6 +190,7 @@ def plot(path: str, results: list[dict], title: str) -> Optional[str]:
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
+    fig.subplots_adjust(left=max(fig.subplotpars.left, label_in / width))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None

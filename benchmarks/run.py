@@ -1,4 +1,4 @@
-"""Benchmark lstm_fused.LSTM against torch.nn.LSTM: correctness first, then ceilings, then timings.
+"""Benchmark lstm_fused against torch: correctness first, then ceilings, then timings.
 
     python3 -m benchmarks.run [--device auto|cpu|cuda] [--full | --quick] [--out DIR] [--no-plot]
                               [--threads N] [--filter REGEX] [--budget S] [--no-flashrnn]
@@ -9,7 +9,10 @@ measured before the cases (used by the progress lines) and again after them (the
 JSON use the best of the two). (3) every case of the grid, contenders interleaved, medians; one
 progress line per case, a final table, JSON `<out>/bench_<device>_<YYYYmmdd-HHMMSS>.json` and a
 PNG beside it. The JSON is rewritten after every case ("complete": false until the run ends).
-Exit code 1 also when lstm_fused failed on any case (the error is printed and kept in the JSON).
+The CPU grids end with model rows (benchmarks/models.py): whole model steps, torch's modules against
+the same model after lstm_fused.convert, each checked for agreement before it is timed.
+Exit code 1 also when lstm_fused failed on any case, a model row's check included (the error is
+printed and kept in the JSON).
 """
 from __future__ import annotations
 
@@ -26,7 +29,6 @@ import torch
 
 from . import cases as grids
 from . import ceilings, contenders, correctness, machine, report
-from .cases import Case
 from .timing import TimingConfig, measure
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -59,7 +61,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def select_cases(args, device: torch.device) -> tuple[str, list[Case]]:
+def select_cases(args, device: torch.device) -> tuple[str, list]:
     grid = "quick" if args.quick else "full" if args.full else "default"
     if device.type == "cuda":
         chosen = {"quick": grids.gpu_quick, "full": grids.gpu_full, "default": grids.gpu_default}[grid]()
@@ -94,7 +96,7 @@ def set_threads(threads, default: int) -> None:
     torch.set_num_threads(threads if threads is not None else default)
 
 
-def run_case(case: Case, device: torch.device, cfg: TimingConfig, flash_backend, ceils) -> dict:
+def run_case(case, device: torch.device, cfg: TimingConfig, flash_backend, ceils) -> dict:
     key = ceilings.setting_key(device, case.threads)
     cont = None
     try:

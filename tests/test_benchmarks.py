@@ -1,15 +1,23 @@
-"""Smoke test of the benchmark suite's --quick mode (the README's benchmark command, shrunk)."""
+"""Smoke test of the benchmark suite's --quick mode (the README's benchmark command, shrunk), and
+the model rows' own checks: a converted model that computes something else, or that still runs
+torch's LSTM, must fail its row rather than be timed."""
 
+import copy
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.benchmark
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from benchmarks import cases, models  # noqa: E402
 
 
 def test_benchmark_quick_mode(tmp_path):
@@ -31,3 +39,58 @@ def test_benchmark_quick_mode(tmp_path):
     assert results, "no benchmark cases ran"
     errors = [r for r in results if r.get("error")]
     assert not errors, errors
+    model_rows = [r for r in results if r["case"]["kind"] == "model"]
+    assert {r["case"]["model"] for r in model_rows} == set(cases.MODEL_NAMES)
+    for r in model_rows:
+        assert r["speedup"] > 0 and r["contenders"]["lstm_fused"]["per_call_ms"]
+        assert r["notes"]["check_worst"]["error"] <= models.TOL
+        assert r["notes"]["lstm_fused_ops"]
+
+
+def _tagger_case(training):
+    return cases.ModelCase("tagger", B=3, H=8, layers=1, min_len=2, max_len=5, vocab=20, training=training)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_model_row_fails_when_converted_model_differs(monkeypatch, training):
+    import lstm_fused
+
+    convert = lstm_fused.convert
+
+    def convert_and_perturb(model):
+        model = convert(model)
+        with torch.no_grad():
+            model.lstm.weight_hh_l0[0, 0] += 1e-3
+        return model
+
+    monkeypatch.setattr(lstm_fused, "convert", convert_and_perturb)
+    with pytest.raises(models.ModelMismatch, match="differs from the torch model"):
+        models.build(_tagger_case(training), torch.device("cpu"))
+
+
+def test_model_row_fails_when_nothing_is_converted(monkeypatch):
+    import lstm_fused
+
+    monkeypatch.setattr(lstm_fused, "convert", lambda model: model)
+    with pytest.raises(models.ModelMismatch, match="still runs torch's LSTM"):
+        models.build(_tagger_case(False), torch.device("cpu"))
+
+
+def test_forecast_lstm_keeps_initial_state_of_empty_series():
+    import lstm_fused
+
+    torch.manual_seed(0)
+    ref = models.ForecastLSTM(3, 5, num_layers=2, batch_first=True)
+    ours = lstm_fused.convert(copy.deepcopy(ref))
+    assert type(ours).__name__ == "ForecastLSTM" and isinstance(ours, models.ForecastLSTM)
+    x = torch.randn(4, 6, 3)
+    lengths = torch.tensor([6, 0, 3, 0])
+    h0 = torch.randn(1, 4, 5).expand(2, -1, -1)  # stride 0 over the layers
+    c0 = torch.randn(1, 4, 5).expand(2, -1, -1)
+    for m in (ref, ours):
+        out, (h, c) = m(x, (h0, c0), lengths=lengths, enforce_sorted=False)
+        assert out.shape == (4, 6, 5)
+        torch.testing.assert_close(h[:, [1, 3]], h0[:, [1, 3]], rtol=0, atol=0)
+        torch.testing.assert_close(c[:, [1, 3]], c0[:, [1, 3]], rtol=0, atol=0)
+    torch.testing.assert_close(ours(x, (h0, c0), lengths=lengths, enforce_sorted=False),
+                               ref(x, (h0, c0), lengths=lengths, enforce_sorted=False))
