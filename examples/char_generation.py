@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import lstm_fused
+from side_by_side import train_side_by_side
 
 TEXT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "lighthouse.txt")
 
@@ -53,11 +54,6 @@ def sample(model, prompt, length, temperature, generator):
     return chars, step_times
 
 
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,11 +78,9 @@ def main(argv=None):
 
     reference = CharModel(len(vocab))
     fused = lstm_fused.convert(copy.deepcopy(reference))  # same weights, fused LSTM
-    models = {"lstm_fused": fused, "torch.nn.LSTM": reference}
+    models = {"lstm_fused": fused, "torch": reference}
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=3e-3) for name, m in models.items()}
     states = {name: None for name in models}
-    train_times = {name: [] for name in models}
-    losses, loss_gap = [], 0.0
 
     def train_step(name, inputs, targets):
         logits, state = models[name](inputs, states[name])
@@ -99,26 +93,17 @@ def main(argv=None):
         optimizers[name].step()
         return loss.item()
 
-    for step in range(steps):
+    def next_batch(step):
         start = chunk_starts[step % len(chunk_starts)]
         if start == 0:  # back at the start of the text: the carried state no longer applies
-            states = {name: None for name in models}
+            states.update({name: None for name in models})
         inputs = streams[:, start:start + chunk]
         targets = streams[:, start + 1:start + chunk + 1]
-        # The torch.nn.LSTM copy trains beside it on the same chunks only for the first
-        # compare_steps, enough for a median, so the run time does not hang on the slower one.
-        names = list(models) if step < compare_steps else ["lstm_fused"]
-        step_loss = {}
-        for name in names if step % 2 == 0 else names[::-1]:  # alternate who runs first
-            step_loss[name], seconds = timed(lambda: train_step(name, inputs, targets))
-            if step >= warmup:
-                train_times[name].append(seconds)
-        losses.append(step_loss["lstm_fused"])
-        if step < 10:  # later, rounding differences compound and the two runs drift apart
-            loss_gap = max(loss_gap, abs(step_loss["lstm_fused"] - step_loss["torch.nn.LSTM"]))
-        if step == 0 or (step + 1) % max(1, steps // 6) == 0 or step == steps - 1:
-            print(f"step {step:4d}  loss {statistics.mean(losses[-10:]):.3f} nats/char (mean of the last 10)")
-    print(f"over the first 10 steps the two models' losses differed by at most {loss_gap:.1e}")
+        return inputs, targets
+
+    losses, train_times = train_side_by_side(
+        models, train_step, next_batch, steps, compare_steps, warmup,
+        log=lambda step, losses: print(f"step {step:4d}  loss {statistics.mean(losses[-10:]):.3f} nats/char (mean of the last 10)"))
 
     # Sample from both with identical weights (the state_dicts are interchangeable) and the same
     # random draws, so the two texts should agree while the per-character times are compared.
@@ -133,7 +118,7 @@ def main(argv=None):
         samples[name] = "The keeper" + "".join(vocab[i] for i in chars)
         sample_times[name] = statistics.median(times[warmup:])
     print(f"sample at temperature {args.temperature}:\n{samples['lstm_fused']}\n")
-    print("the torch.nn.LSTM sample is", "the same" if samples["torch.nn.LSTM"] == samples["lstm_fused"]
+    print("the torch.nn.LSTM sample is", "the same" if samples["torch"] == samples["lstm_fused"]
           else "different (rounding differences can flip a draw)")
     for name in models:
         print(f"{name:>14}: {statistics.median(train_times[name]) * 1e3:7.2f} ms per training step "

@@ -16,13 +16,13 @@ lstm_fused.convert(), and both train on the same batches so their step times can
 import argparse
 import copy
 import statistics
-import time
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 import lstm_fused
+from side_by_side import train_side_by_side
 
 PAD, A, B, N_SYMBOLS = 0, 1, 2, 4  # symbols are 1..4; 0 pads
 
@@ -56,11 +56,6 @@ class Classifier(nn.Module):
         return self.out(torch.cat([h_n[0], h_n[1]], dim=1))
 
 
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -76,10 +71,8 @@ def main(argv=None):
 
     reference = Classifier()
     fused = lstm_fused.convert(copy.deepcopy(reference))  # same weights, fused LSTM
-    models = {"lstm_fused": fused, "torch.nn.LSTM": reference}
+    models = {"lstm_fused": fused, "torch": reference}
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=3e-3) for name, m in models.items()}
-    train_times = {name: [] for name in models}
-    losses, loss_gap = [], 0.0
 
     def train_step(name, tokens, lengths, labels):
         loss = nn.functional.cross_entropy(models[name](tokens, lengths), labels)
@@ -88,22 +81,12 @@ def main(argv=None):
         optimizers[name].step()
         return loss.item()
 
-    for step in range(steps):
-        batch = make_batch(batch_size, generator)
-        # The torch.nn.LSTM copy trains beside it on the same batches only for the first
-        # compare_steps, enough for a median, so the run time does not hang on the slower one.
-        names = list(models) if step < compare_steps else ["lstm_fused"]
-        step_loss = {}
-        for name in names if step % 2 == 0 else names[::-1]:  # alternate who runs first
-            step_loss[name], seconds = timed(lambda: train_step(name, *batch))
-            if step >= warmup:
-                train_times[name].append(seconds)
-        losses.append(step_loss["lstm_fused"])
-        if step < 10:  # later, rounding differences compound and the two runs drift apart
-            loss_gap = max(loss_gap, abs(step_loss["lstm_fused"] - step_loss["torch.nn.LSTM"]))
-        if step == 0 or (step + 1) % max(1, steps // 6) == 0 or step == steps - 1:
-            print(f"step {step:4d}  loss {statistics.mean(losses[-20:]):.4f} (mean of the last 20 steps)")
-    print(f"over the first 10 steps the two models' losses differed by at most {loss_gap:.1e}")
+    def next_batch(step):
+        return make_batch(batch_size, generator)
+
+    losses, train_times = train_side_by_side(
+        models, train_step, next_batch, steps, compare_steps, warmup,
+        log=lambda step, losses: print(f"step {step:4d}  loss {statistics.mean(losses[-20:]):.4f} (mean of the last 20 steps)"))
 
     tokens, lengths, labels = make_batch(2000, generator)
     with torch.no_grad():

@@ -16,12 +16,12 @@ import argparse
 import copy
 import math
 import statistics
-import time
 
 import torch
 from torch import nn
 
 import lstm_fused
+from side_by_side import timed, train_side_by_side
 
 ENCODER_LEN, HORIZON, PERIODS = 48, 24, (12, 24)
 
@@ -85,11 +85,6 @@ def seasonal_naive(history, category):
     return torch.stack(rows)
 
 
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,10 +106,8 @@ def main(argv=None):
 
     reference = Forecaster()
     fused = lstm_fused.convert(copy.deepcopy(reference))  # same weights, fused LSTMs
-    models = {"lstm_fused": fused, "torch.nn.LSTM": reference}
+    models = {"lstm_fused": fused, "torch": reference}
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=3e-3) for name, m in models.items()}
-    train_times = {name: [] for name in models}
-    losses, loss_gap = [], 0.0
 
     def train_step(name, history, target, cat, lvl):
         prediction = models[name](history, target, cat, lvl)
@@ -124,25 +117,15 @@ def main(argv=None):
         optimizers[name].step()
         return loss.item()
 
-    for step in range(steps):
+    def next_batch(step):
         rows = torch.randint(n_series, (batch_size,), generator=generator)
         starts = torch.randint(last_train_start + 1, (batch_size,), generator=generator)
         windows = torch.stack([values[r, s:s + window] for r, s in zip(rows, starts)])
-        batch = (windows[:, :ENCODER_LEN], windows[:, ENCODER_LEN:], category[rows], level[rows])
-        # The torch.nn.LSTM copy trains beside it on the same batches only for the first
-        # compare_steps, enough for a median, so the run time does not hang on the slower one.
-        names = list(models) if step < compare_steps else ["lstm_fused"]
-        step_loss = {}
-        for name in names if step % 2 == 0 else names[::-1]:  # alternate who runs first
-            step_loss[name], seconds = timed(lambda: train_step(name, *batch))
-            if step >= warmup:
-                train_times[name].append(seconds)
-        losses.append(step_loss["lstm_fused"])
-        if step < 10:  # later, rounding differences compound and the two runs drift apart
-            loss_gap = max(loss_gap, abs(step_loss["lstm_fused"] - step_loss["torch.nn.LSTM"]))
-        if step == 0 or (step + 1) % max(1, steps // 6) == 0 or step == steps - 1:
-            print(f"step {step:4d}  train MSE {losses[-1]:.4f}")
-    print(f"over the first 10 steps the two models' losses differed by at most {loss_gap:.1e}")
+        return (windows[:, :ENCODER_LEN], windows[:, ENCODER_LEN:], category[rows], level[rows])
+
+    losses, train_times = train_side_by_side(
+        models, train_step, next_batch, steps, compare_steps, warmup,
+        log=lambda step, losses: print(f"step {step:4d}  train MSE {losses[-1]:.4f}"))
 
     # Evaluate and time decoding with identical weights: the state_dicts are interchangeable.
     reference.load_state_dict(fused.state_dict())
@@ -159,7 +142,7 @@ def main(argv=None):
             val_mse[name] = nn.functional.mse_loss(forecast, target).item()
     naive_mse = nn.functional.mse_loss(seasonal_naive(history, category), target).item()
     print(f"validation MSE, autoregressive over {HORIZON} steps: lstm_fused {val_mse['lstm_fused']:.4f}, "
-          f"torch.nn.LSTM {val_mse['torch.nn.LSTM']:.4f}, seasonal naive {naive_mse:.4f}")
+          f"torch.nn.LSTM {val_mse['torch']:.4f}, seasonal naive {naive_mse:.4f}")
 
     for name in models:
         print(f"{name:>14}: {statistics.median(train_times[name]) * 1e3:7.2f} ms per training step "

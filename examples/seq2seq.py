@@ -19,12 +19,12 @@ lstm_fused.convert(), and both train on the same batches so their step times can
 import argparse
 import copy
 import statistics
-import time
 
 import torch
 from torch import nn
 
 import lstm_fused
+from side_by_side import timed, train_side_by_side
 
 LENGTH, START = 8, 10  # tokens 0-9 are digits; 10 starts the decoder off
 
@@ -81,11 +81,6 @@ class Seq2Seq(nn.Module):
         return torch.stack(digits, dim=1)
 
 
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -104,8 +99,6 @@ def main(argv=None):
     fused = lstm_fused.convert(copy.deepcopy(reference))  # same weights, fused LSTMs
     models = {"lstm_fused": fused, "torch": reference}
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=3e-3) for name, m in models.items()}
-    train_times = {name: [] for name in models}
-    losses, loss_gap = [], 0.0
 
     def train_step(name, source, target):
         logits = models[name](source, target)
@@ -115,22 +108,12 @@ def main(argv=None):
         optimizers[name].step()
         return loss.item()
 
-    for step in range(steps):
-        batch = make_batch(batch_size, generator)
-        # The torch copy trains beside it on the same batches only for the first
-        # compare_steps, enough for a median, so the run time does not hang on the slower one.
-        names = list(models) if step < compare_steps else ["lstm_fused"]
-        step_loss = {}
-        for name in names if step % 2 == 0 else names[::-1]:  # alternate who runs first
-            step_loss[name], seconds = timed(lambda: train_step(name, *batch))
-            if step >= warmup:
-                train_times[name].append(seconds)
-        losses.append(step_loss["lstm_fused"])
-        if step < 10:  # later, rounding differences compound and the two runs drift apart
-            loss_gap = max(loss_gap, abs(step_loss["lstm_fused"] - step_loss["torch"]))
-        if step == 0 or (step + 1) % max(1, steps // 6) == 0 or step == steps - 1:
-            print(f"step {step:4d}  loss {statistics.mean(losses[-20:]):.4f} (mean of the last 20 steps)")
-    print(f"over the first 10 steps the two models' losses differed by at most {loss_gap:.1e}")
+    def next_batch(step):
+        return make_batch(batch_size, generator)
+
+    losses, train_times = train_side_by_side(
+        models, train_step, next_batch, steps, compare_steps, warmup,
+        log=lambda step, losses: print(f"step {step:4d}  loss {statistics.mean(losses[-20:]):.4f} (mean of the last 20 steps)"))
 
     # Evaluate and time greedy decoding with identical weights: the state_dicts are interchangeable.
     reference.load_state_dict(fused.state_dict())

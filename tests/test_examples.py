@@ -8,10 +8,13 @@ import sys
 import pytest
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-NAMES = ["forecasting", "classify", "char_generation", "seq2seq"]
+NAMES = ["forecasting", "classify", "char_generation", "seq2seq"]  # side_by_side.py is their shared helper
 
 
 def load(name):
+    # As when run as a script: examples/ on the path, for the helpers they share (side_by_side.py).
+    if EXAMPLES not in sys.path:
+        sys.path.insert(0, EXAMPLES)
     spec = importlib.util.spec_from_file_location(f"examples_{name}", os.path.join(EXAMPLES, name + ".py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
