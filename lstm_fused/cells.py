@@ -35,6 +35,13 @@ class LSTMCell(nn.LSTMCell):
             h, c = (hx[0], hx[1]) if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
         w_ih, w_hh = self.weight_ih, self.weight_hh
         b_ih, b_hh = self.bias_ih, self.bias_hh
+        if (torch.is_autocast_enabled("cpu") and not input.is_cuda
+                and not input.dtype == h.dtype == c.dtype == w_ih.dtype):
+            # Under CPU autocast torch's cell runs its two linears in the autocast dtype and
+            # promotes them with the states, which also makes mixed dtypes legal: its own op
+            # keeps exactly those result dtypes.
+            h, c = torch._VF.lstm_cell(input, (h, c), w_ih, w_hh, b_ih, b_hh)
+            return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
         _check_step(input, h, c, self.input_size, H, w_ih.dtype)
         if input.is_cuda and torch.is_autocast_enabled("cuda"):
             # As torch.nn.LSTMCell under autocast, whose lstm_cell is on CUDA's list of ops run in

@@ -104,6 +104,18 @@ def test_cpu_autocast_leaves_the_cell_in_fp32_as_torch():
         torch.testing.assert_close(t.float(), r.float(), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float32, None])
+def test_cpu_autocast_mixed_dtypes_as_torch(state_dtype):
+    ref, ours = _pair(16, 32, dtype=torch.float32)
+    x = torch.randn(4, 16).bfloat16()
+    hx = None if state_dtype is None else (torch.randn(4, 32).to(state_dtype), torch.randn(4, 32).to(state_dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, e = ours(x, hx), ref(x, hx)
+    for t, r in zip(a, e):
+        assert t.dtype == r.dtype
+        torch.testing.assert_close(t.float(), r.float(), rtol=0, atol=0)
+
+
 def test_gradcheck():
     _, ours = _pair(3, 4)
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
