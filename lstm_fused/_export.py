@@ -45,5 +45,6 @@ def lstm(x, h0, c0, weights, num_layers, bidirectional, dropout, training, batch
 
 
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    """functional.lstm_cell's contract on torch's aten::lstm_cell."""
+    """functional.lstm_cell's contract on torch's aten::lstm_cell (also what LSTMCell runs where
+    torch's cell semantics differ from the fused op's: mixed dtypes under CPU autocast)."""
     return torch._VF.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)

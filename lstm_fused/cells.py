@@ -8,7 +8,7 @@ token, so the call path is kept short (the checks read each attribute once).
 import torch
 from torch import nn
 
-from . import functional
+from . import _export, functional
 
 
 class LSTMCell(nn.LSTMCell):
@@ -40,7 +40,7 @@ class LSTMCell(nn.LSTMCell):
             # Under CPU autocast torch's cell runs its two linears in the autocast dtype and
             # promotes them with the states, which also makes mixed dtypes legal: its own op
             # keeps exactly those result dtypes.
-            h, c = torch._VF.lstm_cell(input, (h, c), w_ih, w_hh, b_ih, b_hh)
+            h, c = _export.lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)
             return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
         _check_step(input, h, c, self.input_size, H, w_ih.dtype)
         if input.is_cuda and torch.is_autocast_enabled("cuda"):
