@@ -1,9 +1,9 @@
 """The one place where Python touches the custom ops.
 
 Importing lstm_fused._C registers ``torch.ops.lstm_fused.forward`` and ``.backward`` (schemas in
-csrc/ops/schemas.cpp, kernels per device). Here: their fake (meta) implementations, so that
-torch.compile and torch.export can trace them, and the autograd formula of ``forward``, whose
-backward calls the ``backward`` op.
+csrc/ops/schemas.cpp, kernels per device), and the GRU's ``gru_forward`` and ``gru_backward`` (CPU).
+Here: their fake (meta) implementations, so that torch.compile and torch.export can trace them,
+and the autograd formulas of ``forward`` and ``gru_forward``, whose backwards call the backward ops.
 """
 import torch
 
@@ -11,6 +11,8 @@ from . import _C  # noqa: F401  (registers the ops)
 
 forward = torch.ops.lstm_fused.forward
 backward = torch.ops.lstm_fused.backward
+gru_forward = torch.ops.lstm_fused.gru_forward
+gru_backward = torch.ops.lstm_fused.gru_backward
 
 _forward_unboxed = _C.forward_unboxed
 _has_torch_function = torch._C._has_torch_function
@@ -30,6 +32,16 @@ def call_forward(*args):
     if _python_op_only(args):
         return forward(*args)
     return _forward_unboxed(*args)
+
+
+_gru_forward_unboxed = _C.gru_forward_unboxed
+
+
+def call_gru_forward(*args):
+    """``gru_forward(*args)``, entered as call_forward enters ``forward``."""
+    if _python_op_only(args):
+        return gru_forward(*args)
+    return _gru_forward_unboxed(*args)
 
 
 _forward_layer_unboxed = _C.forward_layer_unboxed
@@ -123,3 +135,46 @@ def _backward(ctx, grad_y, grad_hn, grad_cn, _grad_gates, _grad_cells):
 
 
 torch.library.register_autograd("lstm_fused::forward", _backward, setup_context=_setup_context)
+
+
+@torch.library.register_fake("lstm_fused::gru_forward")
+def _gru_forward_fake(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, save):
+    H = w_hh.shape[1]
+    N = x.shape[0] if batch_sizes is not None else x.shape[0] * x.shape[1]
+    acc = _acc_dtype(x.dtype)
+    gates = x.new_empty((N, 3 * H) if save else (0,), dtype=acc)
+    hn = x.new_empty((N, H) if save else (0,), dtype=acc)
+    return x.new_empty((*x.shape[:-1], H)), x.new_empty((h0.shape[0], H)), gates, hn
+
+
+@torch.library.register_fake("lstm_fused::gru_backward")
+def _gru_backward_fake(grad_y, grad_hn, x, w_ih, w_hh, h0, y, gates, hn, batch_sizes, reverse, has_bias):
+    db = x.new_empty((w_ih.shape[0],) if has_bias else (0,))
+    return (x.new_empty(x.shape), x.new_empty(w_ih.shape), x.new_empty(w_hh.shape), db, db.new_empty(db.shape),
+            x.new_empty(h0.shape))
+
+
+def _gru_setup_context(ctx, inputs, output):
+    x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, save = inputs
+    y, _, gates, hn = output
+    ctx.set_materialize_grads(False)  # as for forward: no [N, 3H] zero fill for the saved gates
+    ctx.reverse = reverse
+    ctx.has_b_ih = b_ih is not None
+    ctx.has_b_hh = b_hh is not None
+    ctx.save_for_backward(x, w_ih, w_hh, h0, y, gates, hn, batch_sizes)
+
+
+def _gru_backward(ctx, grad_y, grad_hn, _grad_gates, _grad_hn_saved):
+    x, w_ih, w_hh, h0, y, gates, hn, batch_sizes = ctx.saved_tensors
+    if gates.numel() == 0 and y.numel() != 0:
+        raise RuntimeError("lstm_fused: backward through gru_forward(save=False); call it with save=True")
+    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
+    grad_hn = torch.zeros_like(h0) if grad_hn is None else grad_hn
+    has_bias = ctx.has_b_ih or ctx.has_b_hh
+    dx, dw_ih, dw_hh, db_ih, db_hh, dh0 = gru_backward(grad_y, grad_hn, x, w_ih, w_hh, h0, y, gates, hn,
+                                                       batch_sizes, ctx.reverse, has_bias)
+    return (dx, dw_ih, dw_hh, db_ih if ctx.has_b_ih else None, db_hh if ctx.has_b_hh else None, dh0,
+            None, None, None)
+
+
+torch.library.register_autograd("lstm_fused::gru_forward", _gru_backward, setup_context=_gru_setup_context)

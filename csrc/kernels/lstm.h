@@ -13,6 +13,8 @@
 // A sequence that is not active at step t keeps its state; sequences b >= bs(0) never run and
 // their h_n/c_n are h0/c0 (their dh0/dc0 are grad_hn/grad_cn).
 // Gate order i, f, g, o (as torch.nn.LSTM). Every matrix is row-major and contiguous.
+// The CPU's GRU (cpu::gru_forward / gru_backward) takes the same structs with three gates r, z, n
+// (as torch.nn.GRU), so 4H reads 3H below; the fields it reads differently are marked GRU.
 #pragma once
 
 #include <cstdint>
@@ -66,6 +68,9 @@ struct ForwardParams {
   //        tanh g) that the backward reads; otherwise its contents are left undefined.
   acc_t* gates = nullptr;
   const acc_t* bias = nullptr;     // [4H] read: b_ih + b_hh, or nullptr without biases
+  // GRU (CPU): bias is [3H] b_ir + b_hr, b_iz + b_hz, b_in; bias_hn [H] is b_hn, added to
+  // h W_hn^T before r multiplies it. Saved, gates holds r, z, n and cells h W_hn^T + b_hn.
+  const acc_t* bias_hn = nullptr;
   // bf16 inference on CPUs with AVX512-BF16 (see cpu::bf16_tiles_used): the input projection as
   // the GEMM left it, [N, 4H] in bf16, read in place of gates (then nullptr; save is false).
   const scalar_t* gates_lp = nullptr;
@@ -116,6 +121,9 @@ struct BackwardParams {
   const acc_t* cells = nullptr;       // [N, H] read: cell states saved by the forward
 
   acc_t* dgates = nullptr;  // [N, 4H] written: dL/d(pre-activation gates); may alias nothing
+  // GRU (CPU): dgates is the recurrent side (dr, dz, d(h W_hn^T + b_hn)), dgates_x [N, 3H] the
+  // input side (dr, dz, dn); no c0, grad_cn or dc0.
+  acc_t* dgates_x = nullptr;
   acc_t* h_prev = nullptr;  // [N, P] written: the h_{t-1} each row's step read (for dW_hh)
   acc_t* dh_out = nullptr;  // [N, P] written when w_hr: dL/d(projected h) per row (for dW_hr)
   acc_t* h_pre = nullptr;   // [N, H] written when w_hr: o * tanh(c) per row (for dW_hr)

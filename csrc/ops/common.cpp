@@ -2,6 +2,7 @@
 
 #include "cpu/lstm_cpu.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <optional>
@@ -28,30 +29,29 @@ void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& x,
 
 }  // namespace
 
-LayerShape check_forward_args(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                              const c10::optional<at::Tensor>& b_ih,
-                              const c10::optional<at::Tensor>& b_hh,
-                              const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
-                              const at::Tensor& c0, const c10::optional<at::Tensor>& batch_sizes) {
+LayerShape check_layer_args(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                            const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                            const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0, const at::Tensor* c0,
+                            const c10::optional<at::Tensor>& batch_sizes, int64_t gates) {
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "lstm_fused: x must be floating point, got ",
               x.scalar_type());
   LayerShape s{};
   s.packed = batch_sizes.has_value();
   TORCH_CHECK(x.dim() == (s.packed ? 2 : 3), "lstm_fused: x must be ",
               s.packed ? "[N, I] (packed rows)" : "[T, B, I]", ", got shape ", x.sizes());
-  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % 4 == 0, "lstm_fused: w_ih must be [4H, I], got ",
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % gates == 0, "lstm_fused: w_ih must be [", gates, "H, I], got ",
               w_ih.sizes());
-  s.H = w_ih.size(0) / 4;
+  s.H = w_ih.size(0) / gates;
   s.I = x.size(-1);
   s.P = w_hr ? w_hr->size(0) : s.H;
   s.B = h0.dim() == 2 ? h0.size(0) : -1;
-  check_tensor(w_ih, "w_ih", x, {4 * s.H, s.I});
-  check_tensor(w_hh, "w_hh", x, {4 * s.H, s.P});
-  if (b_ih) check_tensor(*b_ih, "b_ih", x, {4 * s.H});
-  if (b_hh) check_tensor(*b_hh, "b_hh", x, {4 * s.H});
+  check_tensor(w_ih, "w_ih", x, {gates * s.H, s.I});
+  check_tensor(w_hh, "w_hh", x, {gates * s.H, s.P});
+  if (b_ih) check_tensor(*b_ih, "b_ih", x, {gates * s.H});
+  if (b_hh) check_tensor(*b_hh, "b_hh", x, {gates * s.H});
   if (w_hr) check_tensor(*w_hr, "w_hr", x, {s.P, s.H});
   check_tensor(h0, "h0", x, {s.B, s.P});
-  check_tensor(c0, "c0", x, {s.B, s.H});
+  if (c0) check_tensor(*c0, "c0", x, {s.B, s.H});
   if (!s.packed) {
     s.T = x.size(0);
     TORCH_CHECK(x.size(1) == s.B, "lstm_fused: x has batch ", x.size(1), " but h0 has ", s.B);
@@ -74,6 +74,14 @@ LayerShape check_forward_args(const at::Tensor& x, const at::Tensor& w_ih, const
   }
   TORCH_CHECK(total == s.N, "lstm_fused: batch_sizes sum to ", total, " but x has ", s.N, " rows");
   return s;
+}
+
+LayerShape check_forward_args(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                              const c10::optional<at::Tensor>& b_ih,
+                              const c10::optional<at::Tensor>& b_hh,
+                              const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
+                              const at::Tensor& c0, const c10::optional<at::Tensor>& batch_sizes) {
+  return check_layer_args(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, &c0, batch_sizes, 4);
 }
 
 void check_backward_args(const at::Tensor& grad_y, const at::Tensor& grad_hn,
@@ -162,16 +170,27 @@ at::Tensor combined_bias(const c10::optional<at::Tensor>& b_ih, const c10::optio
   return bias.defined() ? bias.contiguous() : bias;
 }
 
+at::Tensor input_gradient(const at::Tensor& dgates, const at::Tensor& w_ih, const at::Tensor& x) {
+  const at::Tensor w_ih_acc = w_ih.to(dgates.scalar_type());
+  at::Tensor dx = dgates.size(0) > 0 ? onednn_matmul_nt(dgates, w_ih_acc.t()) : at::Tensor();
+  if (!dx.defined()) dx = at::mm(dgates, w_ih_acc);
+  return dx.to(x.scalar_type()).view(x.sizes());
+}
+
+int threads_for(int64_t T, int64_t rows, int64_t G, int64_t P) {
+  const int64_t per_step = std::max<int64_t>(rows, 1) * G * P;
+  // Inside a parallel region (forward_pair: one direction per thread) the call has its thread.
+  if (at::in_parallel_region()) return 1;
+  return (per_step < (1 << 15) || T * per_step < (1 << 16)) ? 1 : at::get_num_threads();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 weight_gradients(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& dgates,
                  const at::Tensor& h_prev, const at::Tensor& dh_out, const at::Tensor& h_pre,
                  const at::Tensor& dh0, const at::Tensor& dc0, const LayerShape& s, bool has_bias) {
   const auto dtype = x.scalar_type();
   const at::Tensor x2 = x.reshape({s.N, s.I}).to(dgates.scalar_type());
-  const at::Tensor w_ih_acc = w_ih.to(dgates.scalar_type());
-  at::Tensor dx = s.N > 0 ? onednn_matmul_nt(dgates, w_ih_acc.t()) : at::Tensor();
-  if (!dx.defined()) dx = at::mm(dgates, w_ih_acc);
-  dx = dx.to(dtype).view(x.sizes());
+  at::Tensor dx = input_gradient(dgates, w_ih, x);
   at::Tensor dw_ih = at::mm(dgates.t(), x2).to(dtype);
   at::Tensor dw_hh = at::mm(dgates.t(), h_prev).to(dtype);
   at::Tensor db = has_bias ? dgates.sum(0).to(dtype) : at::empty({0}, x.options());

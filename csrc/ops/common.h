@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include "lstm.h"
+
 #include <tuple>
 #include <vector>
 
@@ -15,6 +17,26 @@ namespace lstm_fused {
 // also when the caller is under autocast (the module casts before the op, as nn.LSTM does).
 #define LSTM_FUSED_NO_AUTOCAST \
   c10::impl::ExcludeDispatchKeyGuard no_autocast_guard_(c10::autocast_dispatch_keyset)
+
+// The kernels' element types for a tensor's (c10::BFloat16 as the bit-compatible bf16_t), and a
+// tensor's data as such (kptr: nullptr when undefined or empty).
+template <typename T>
+struct KernelType {
+  using type = T;
+};
+template <>
+struct KernelType<c10::BFloat16> {
+  using type = bf16_t;
+};
+
+template <typename scalar_t>
+const typename KernelType<scalar_t>::type* kptr(const at::Tensor& t) {
+  return t.defined() && t.numel() ? reinterpret_cast<const typename KernelType<scalar_t>::type*>(t.const_data_ptr<scalar_t>()) : nullptr;
+}
+template <typename scalar_t>
+typename KernelType<scalar_t>::type* kptr_mut(at::Tensor& t) {
+  return reinterpret_cast<typename KernelType<scalar_t>::type*>(t.mutable_data_ptr<scalar_t>());
+}
 
 struct LayerShape {
   int64_t T, B, I, H, P, N;  // as in kernels/lstm.h; N: rows of x
@@ -30,6 +52,17 @@ LayerShape check_forward_args(const at::Tensor& x, const at::Tensor& w_ih, const
                               const c10::optional<at::Tensor>& b_hh,
                               const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0,
                               const at::Tensor& c0, const c10::optional<at::Tensor>& batch_sizes);
+
+// check_forward_args for a layer of `gates` gates ([gates H, I] weights; 3 for a GRU), c0 optional.
+LayerShape check_layer_args(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                            const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                            const c10::optional<at::Tensor>& w_hr, const at::Tensor& h0, const at::Tensor* c0,
+                            const c10::optional<at::Tensor>& batch_sizes, int64_t gates);
+
+// Threads for a CPU call of T steps of `rows` rows over G gate rows of P inputs: one when a step is
+// too small to split (the barrier per step costs about a microsecond) or the whole call too small
+// to pay for waking the team.
+int threads_for(int64_t T, int64_t rows, int64_t G, int64_t P);
 
 void check_backward_args(const at::Tensor& grad_y, const at::Tensor& grad_hn,
                          const at::Tensor& grad_cn, const at::Tensor& y, const at::Tensor& gates,
@@ -61,6 +94,9 @@ at::Tensor input_projection(const at::Tensor& x, const at::Tensor& w_ih, const L
 // [4H] in acc dtype: b_ih + b_hh; undefined without biases.
 at::Tensor combined_bias(const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
                          at::ScalarType acc);
+
+// dx = dgates w_ih in x's dtype and shape (oneDNN's matmul where it takes the dtype).
+at::Tensor input_gradient(const at::Tensor& dgates, const at::Tensor& w_ih, const at::Tensor& x);
 
 // The backward op's outputs from what the recurrence produced: dx, dW_ih, dW_hh, db, dW_hr as
 // GEMMs over all rows, plus dh0 and dc0 as they are. dh_out/h_pre are undefined without w_hr.

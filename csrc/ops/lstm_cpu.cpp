@@ -11,24 +11,6 @@
 namespace lstm_fused {
 namespace {
 
-template <typename T>
-struct KernelType {
-  using type = T;
-};
-template <>
-struct KernelType<c10::BFloat16> {
-  using type = bf16_t;
-};
-
-template <typename scalar_t>
-const typename KernelType<scalar_t>::type* kptr(const at::Tensor& t) {
-  return t.defined() && t.numel() ? reinterpret_cast<const typename KernelType<scalar_t>::type*>(t.const_data_ptr<scalar_t>()) : nullptr;
-}
-template <typename scalar_t>
-typename KernelType<scalar_t>::type* kptr_mut(at::Tensor& t) {
-  return reinterpret_cast<typename KernelType<scalar_t>::type*>(t.mutable_data_ptr<scalar_t>());
-}
-
 // Gate bytes per chunk of the chunked inference path (about half of this machine's L2 + its
 // share of L3 for two cores).
 constexpr int64_t kChunkGateBytes = int64_t{2} << 20;
@@ -43,15 +25,6 @@ constexpr int64_t kChunkGateBytes = int64_t{2} << 20;
 // ~630 rows) took 1.12x the time of one GEMM; packed once, 0.95x.
 constexpr int64_t kFreshGateBytes = int64_t{32} << 20;
 constexpr int64_t kKeptGateBytes = int64_t{16} << 20;
-
-// One thread when a step is too small to split (the barrier per step costs about a microsecond)
-// or the whole call too small to pay for waking the team.
-int threads_for(int64_t T, int64_t rows, int64_t H, int64_t P) {
-  const int64_t per_step = std::max<int64_t>(rows, 1) * 4 * H * P;
-  // Inside a parallel region (forward_pair: one direction per thread) the call has its thread.
-  if (at::in_parallel_region()) return 1;
-  return (per_step < (1 << 15) || T * per_step < (1 << 16)) ? 1 : at::get_num_threads();
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -71,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
   // beside h_{t-1} by W_hh^T (at batch 1, a chunk of steps ahead), in place of a GEMM over the
   // whole sequence and its [N, 4H] buffer.
   // bf16 on AMX tiles likewise (x_t W_ih^T beside h_{t-1} W_hh^T, where they fit: amx_takes_input).
-  const int threads = threads_for(s.T, s.B, s.H, s.P);
+  const int threads = threads_for(s.T, s.B, 4 * s.H, s.P);
   const bool tile_input = !fuse_input && !step_gemm &&
                           (x.scalar_type() == acc ? cpu::tiles_take_input(s.T, s.B, s.I, s.H, s.P, at::elementSize(acc), threads)
                                                   : x.scalar_type() == at::kBFloat16 &&
@@ -223,7 +196,7 @@ backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tens
     p.P = s.P;
     p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
     p.reverse = reverse;
-    p.num_threads = threads_for(s.T, s.B, s.H, s.P);
+    p.num_threads = threads_for(s.T, s.B, 4 * s.H, s.P);
     p.grad_y = kptr<scalar_t>(gy);
     p.grad_hn = kptr<scalar_t>(ghn);
     p.grad_cn = kptr<scalar_t>(gcn);

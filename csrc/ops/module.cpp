@@ -39,6 +39,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_u
   return op.call(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, reverse, save);
 }
 
+using GruForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+    const c10::optional<at::Tensor>&, const at::Tensor&, const c10::optional<at::Tensor>&, bool, bool);
+
+// lstm_fused::gru_forward entered as forward_unboxed enters forward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_unboxed(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0, const c10::optional<at::Tensor>& batch_sizes,
+    bool reverse, bool save) {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("lstm_fused::gru_forward", "").typed<GruForwardSig>();
+  return op.call(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, reverse, save);
+}
+
 // A stack of one layer and one direction (lstm_fused/functional.py) in one crossing from Python:
 // h0 / c0 as the module holds them ([1, B, P] / [1, B, H]), their selects and h_n / c_n's
 // unsqueezes done here (about 1.5 us each from Python, of a streaming call's 20-25 us).
@@ -114,6 +128,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("bf16_gemm_widened", [] { return lstm_fused::half_gemm_widened(at::kBFloat16); },
         "Whether a bf16 input projection on the CPU runs as an fp32 GEMM on widened operands");
   m.def("forward_unboxed", &forward_unboxed, "lstm_fused::forward through the C++ dispatcher (eager calls)",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("gru_forward_unboxed", &gru_forward_unboxed, "lstm_fused::gru_forward through the C++ dispatcher (eager calls)",
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("forward_layer_unboxed", &forward_layer_unboxed,
         "A one-layer, one-direction stack's lstm_fused::forward call, h0 / c0 and h_n / c_n with their layer dim",

@@ -8,6 +8,9 @@
 //   (float32 for half types); without save both are empty ([0]).
 // backward: the gradients of forward's inputs from those of y, h_n, c_n. db is [4H] (the grad of
 //   b_ih and of b_hh alike) when has_bias, else [0]; dw_hr is [P, H] when w_hr is given, else [0].
+// gru_forward / gru_backward: the same for a GRU layer (gates r, z, n; CPU only): w_ih [3H, I],
+//   w_hh [3H, H], h0 [B, H]; returns y, h_n and when save gates [N, 3H] (activated r, z, n) and
+//   hn [N, H] (h W_hn^T + b_hn); gru_backward returns db_ih and db_hh apart (they differ in n).
 #include <torch/library.h>
 
 TORCH_LIBRARY(lstm_fused, m) {
@@ -20,4 +23,11 @@ TORCH_LIBRARY(lstm_fused, m) {
       "Tensor? w_hr, Tensor h0, Tensor c0, Tensor y, Tensor gates, Tensor cells, "
       "Tensor? batch_sizes, bool reverse, bool has_bias) -> "
       "(Tensor dx, Tensor dw_ih, Tensor dw_hh, Tensor db, Tensor dw_hr, Tensor dh0, Tensor dc0)");
+  m.def(
+      "gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor h0, "
+      "Tensor? batch_sizes, bool reverse, bool save) -> (Tensor y, Tensor h_n, Tensor gates, Tensor hn)");
+  m.def(
+      "gru_backward(Tensor grad_y, Tensor grad_hn, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor y, "
+      "Tensor gates, Tensor hn, Tensor? batch_sizes, bool reverse, bool has_bias) -> "
+      "(Tensor dx, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, Tensor db_hh, Tensor dh0)");
 }

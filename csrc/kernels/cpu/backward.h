@@ -1,5 +1,6 @@
-// The backward of one layer and direction (backward): the projection's dh, the LSTM cell backward
-// of each row, and dh_{t-1} = dgates_t W_hh in panels of W_hh, on the thread team.
+// The backward of one layer and direction (backward_loop, generic over the cell: LstmCell,
+// GruCell): the projection's dh, the cell backward of each row, and dh_{t-1} = dgates_t W_hh (plus
+// a GRU's dh_t z) in panels of W_hh, on the thread team.
 // Part of the per-ISA CPU core (see lstm_cpu_impl.h), compiled in each lstm_cpu_<isa>.cpp.
 #pragma once
 
@@ -7,17 +8,18 @@
 #include "cpu/pack.h"
 #include "cpu/dispatch.h"
 #include "cpu/steps.h"
+#include "cpu/gru_cell.h"
 
 namespace lstm_fused {
 namespace cpu {
 namespace LSTM_ISA {
 
-template <typename scalar_t, typename acc_t>
-void backward(const BackwardParams<scalar_t, acc_t>& p) {
+template <typename Cell, typename scalar_t, typename acc_t>
+void backward_loop(const BackwardParams<scalar_t, acc_t>& p) {
   using Tl = Tiling<acc_t>;
   using V = typename VecOf<acc_t>::type;
   constexpr int U = Tl::U, MR = Tl::MR;
-  const int64_t T = p.T, B = p.B, H = p.H, P = p.P, G = 4 * H;
+  const int64_t T = p.T, B = p.B, H = p.H, P = p.P, G = Cell::kGates * H;
   const int64_t Hp = round_up(H, U), Pp = round_up(P, U);
   const bool proj = p.w_hr != nullptr;
   const Steps steps(p.batch_sizes, T, B);
@@ -38,9 +40,11 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
     for (int64_t k = 0; k < P; ++k)
       for (int64_t c = 0; c < H; ++c) wr[k * Hp + c] = to_acc(p.w_hr[k * H + c]);
 
-  std::vector<acc_t> dh(B * P), dc(B * H), dht(proj ? B * P : 0), dhp(proj ? B * Hp : 0);
+  // carry: a GRU's dh_t z, the part of dh_{t-1} that does not pass through W_hh.
+  std::vector<acc_t> dh(B * P), dc(Cell::kLstm ? B * H : 0), dht(proj ? B * P : 0), dhp(proj ? B * Hp : 0);
+  std::vector<acc_t> carry(Cell::kLstm ? 0 : B * P);
   for (int64_t i = 0; i < B * P; ++i) dh[i] = to_acc(p.grad_hn[i]);
-  for (int64_t i = 0; i < B * H; ++i) dc[i] = to_acc(p.grad_cn[i]);
+  for (int64_t i = 0; i < static_cast<int64_t>(dc.size()); ++i) dc[i] = to_acc(p.grad_cn[i]);
 
   const int64_t nblk = Hp / U;
   // Rows of W_hh per panel of the dh product: about kBwdPanelBytes of W_hh (all columns), at
@@ -76,10 +80,23 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
                         [&](int r, int64_t blk, V dh) { storeu(dhp.data() + (r0 + r) * Hp + blk * U, dh); });
         });
       }
-      // The cell backward of this thread's units: the LSTM's pointwise step, in the loop rather than
-      // in a function of lstm_cell.h. Moved into one (always inlined, same statements), GCC 12 fused
-      // dct's product and sum into an FMA that it does not form here: gradients 1 ulp apart.
-      for (int64_t b = 0; b < rows; ++b) {
+      // The cell backward of this thread's units. A GRU's is gru_cell_backward; the LSTM's is in
+      // the loop rather than in a function of lstm_cell.h. Moved into one (always inlined, same
+      // statements), GCC 12 fused dct's product and sum into an FMA that it does not form here:
+      // gradients 1 ulp apart.
+      if constexpr (!Cell::kLstm) {
+        for (int64_t b = 0; b < rows; ++b) {
+          const int64_t row = row0 + b, tp = steps.prev(t, b, p.reverse);
+          const scalar_t* hp = tp >= 0 ? p.y + (steps.off[tp] + b) * P : p.h0 + b * P;
+          for (int64_t j = j_begin; j < j_end; j += U) {
+            const int n = static_cast<int>(std::min<int64_t>(U, j_end - j));
+            const V dhv = load_any_n<V>(p.grad_y + row * P + j, n) + load_n<V>(dh.data() + b * P + j, n);
+            gru_cell_backward(dhv, p.gates + row * G, p.cells + row * H, load_any_n<V>(hp + j, n), H, j, n,
+                              p.dgates + row * G, p.dgates_x + row * G, carry.data() + b * P);
+          }
+        }
+      }
+      for (int64_t b = 0; b < (Cell::kLstm ? rows : 0); ++b) {
         const int64_t row = row0 + b, tp = steps.prev(t, b, p.reverse);
         const acc_t* gr = p.gates + row * G;
         const acc_t* cr = p.cells + row * H;
@@ -126,8 +143,13 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
             for (int v = 0; v < NV; ++v) {
               const int nc = static_cast<int>(std::min<int64_t>(U, P - (pb + v) * U));
 #pragma GCC unroll 4
-              for (int r = 0; r < M; ++r)
-                acc[r][v] = k0 > 0 ? load_n<V>(dh.data() + (r0 + r) * P + (pb + v) * U, nc) : V{};
+              for (int r = 0; r < M; ++r) {
+                if constexpr (Cell::kLstm) {
+                  acc[r][v] = k0 > 0 ? load_n<V>(dh.data() + (r0 + r) * P + (pb + v) * U, nc) : V{};
+                } else {
+                  acc[r][v] = load_n<V>((k0 > 0 ? dh : carry).data() + (r0 + r) * P + (pb + v) * U, nc);
+                }
+              }
             }
             const acc_t* w = whp ? whp + k0 * Pp + pb * U : wb.get() + pb * U * G + k0 * NV * U;
             mac_tile<M, NV>(kn, arows, w, whp ? Pp : NV * U, acc);
@@ -143,7 +165,7 @@ void backward(const BackwardParams<scalar_t, acc_t>& p) {
     }
   });
   for (int64_t i = 0; i < B * P; ++i) p.dh0[i] = from_acc<scalar_t>(dh[i]);
-  for (int64_t i = 0; i < B * H; ++i) p.dc0[i] = from_acc<scalar_t>(dc[i]);
+  for (int64_t i = 0; i < static_cast<int64_t>(dc.size()); ++i) p.dc0[i] = from_acc<scalar_t>(dc[i]);
 }
 
 }  // namespace LSTM_ISA

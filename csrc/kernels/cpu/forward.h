@@ -1,6 +1,8 @@
-// The forward of one layer and direction (forward): picks the path, packs the weights, runs the
-// step loop on the thread team over the tiles of gate_tiles.h, gemv.h and bf16.h, and the
-// projection after each step.
+// The forward of one layer and direction (forward_loop, generic over the cell: LstmCell, GruCell):
+// picks the path, packs the weights, runs the step loop on the thread team over the tiles of
+// gate_tiles.h, gemv.h and bf16.h, and the projection after each step. The LSTM's bf16 dot-product
+// and AMX tiles, its lookahead at batch 1 and the input on the tiles are the LSTM's alone; a GRU
+// runs the small-batch path and the register tiles in acc_t (bf16 weights widened when packed).
 // Part of the per-ISA CPU core (see lstm_cpu_impl.h), compiled in each lstm_cpu_<isa>.cpp.
 #pragma once
 
@@ -15,12 +17,13 @@ namespace lstm_fused {
 namespace cpu {
 namespace LSTM_ISA {
 
-template <typename scalar_t, typename acc_t>
-void forward(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
+template <typename Cell, typename scalar_t, typename acc_t>
+void forward_loop(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
   using Tl = Tiling<acc_t>;
+  using L = GateLayout<Cell, acc_t>;
   using V = typename VecOf<acc_t>::type;
   constexpr int U = Tl::U, MR = Tl::MR, NR = Tl::NR;
-  const int64_t T = p.T, B = p.B, H = p.H, P = p.P, G = 4 * H;
+  const int64_t T = p.T, B = p.B, H = p.H, P = p.P, G = L::NG * H;
   const int64_t Hp = round_up(H, U), Pp = round_up(P, U);
   const int64_t nblk = Hp / U;
   const bool proj = p.w_hr != nullptr;
@@ -32,7 +35,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
 #ifdef LSTM_BF16_DOT
   // The AVX512-BF16 path (see gate_tile_bf16): bf16 weights and h; no projection.
   bool dot = false;
-  if constexpr (std::is_same_v<scalar_t, bf16_t>) dot = !gemv && !proj && cpu_has_bf16_dot();
+  if constexpr (std::is_same_v<scalar_t, bf16_t> && Cell::kLstm) dot = !gemv && !proj && cpu_has_bf16_dot();
   // The same path on AMX tiles (gate_tile_amx) where the dispatcher allows them.
   const bool amx_tiles = dot && amx;
 #else
@@ -44,11 +47,12 @@ void forward(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
   // With p.kept the packs outlive the call: a later call over the same weights reads them as the
   // first one left them (the adapter's time chunks).
   PackedWeights* const kept = p.kept;
-  Buffer<acc_t> wp_own = aligned_buffer<acc_t>(pack && !kept ? P * 4 * Hp : 0);
-  acc_t* const wp = !pack ? nullptr : kept ? kept_buffer<acc_t>(kept->w_hh, P * 4 * Hp) : wp_own.get();
+  const int64_t wp_size = nblk * P * L::NRC;
+  Buffer<acc_t> wp_own = aligned_buffer<acc_t>(pack && !kept ? wp_size : 0);
+  acc_t* const wp = !pack ? nullptr : kept ? kept_buffer<acc_t>(kept->w_hh, wp_size) : wp_own.get();
   const bool pack_whh = pack && !(kept && kept->w_hh.ready);
   // With x set on the tile path the tiles multiply x_t by W_ih^T too (packed as W_hh is).
-  const bool tile_input = fp_tiles && p.x != nullptr;
+  const bool tile_input = Cell::kLstm && fp_tiles && p.x != nullptr;
   Buffer<acc_t> wi = aligned_buffer<acc_t>(tile_input ? p.I * 4 * Hp : 0);
   Buffer<acc_t> wr_own = aligned_buffer<acc_t>(proj && !kept ? H * Pp : 0);
   acc_t* const wr = !proj ? nullptr : kept ? kept_buffer<acc_t>(kept->w_hr, H * Pp) : wr_own.get();
@@ -68,13 +72,13 @@ void forward(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
   }
   // h is double-buffered (every thread reads all of h_{t-1} while writing its part of h_t);
   // rows not yet started keep h0 in both buffers. c belongs to the thread owning the unit.
-  std::vector<acc_t> hbuf(2 * B * P), cst(B * Hp, acc_t(0)), hpre(proj ? B * Hp : 0, acc_t(0));
+  std::vector<acc_t> hbuf(2 * B * P), cst(Cell::kLstm ? B * Hp : 0, acc_t(0)), hpre(proj ? B * Hp : 0, acc_t(0));
   for (int64_t i = 0; i < B * P; ++i) hbuf[i] = hbuf[B * P + i] = to_acc(p.h0[i]);
-  for (int64_t b = 0; b < B; ++b)
+  for (int64_t b = 0; b < (p.c0 ? B : 0); ++b)
     for (int64_t j = 0; j < H; ++j) cst[b * Hp + j] = to_acc(p.c0[b * H + j]);
   const int64_t first_rows = T > 0 ? steps.rows(0) : 0;
   for (int64_t i = first_rows * P; i < B * P; ++i) p.h_n[i] = p.h0[i];
-  for (int64_t i = first_rows * H; i < B * H; ++i) p.c_n[i] = p.c0[i];
+  for (int64_t i = first_rows * H; i < (p.c0 ? B * H : 0); ++i) p.c_n[i] = p.c0[i];
 
   // Batch 1 with the input on the tiles: x W_ih^T a chunk of steps ahead (lookahead_tile). AVX-512
   // only (tiles_take_input never gives batch 1 the input with 16 registers): spelled out so that
@@ -90,7 +94,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
     split_range(Pp / U, tid, nt, &pb0, &pb1);
     // Each thread packs the weights only it reads (its unit blocks, its projection columns): in
     // parallel, into its own cache, and with no barrier before the first step.
-    if (pack_whh) pack_gate_weight(p.w_hh, H, P, ub0, ub1, wp, Tl::GV);
+    if (pack_whh) pack_gate_weight(p.w_hh, H, P, ub0, ub1, wp, L::GS, L::NG);
     if (tile_input) pack_gate_weight(p.w_ih, H, p.I, ub0, ub1, wi.get(), lookahead ? Lookahead::RV : Tl::GV);
     // The lookahead's x rows of the next chunk, transposed, this thread's copy.
     std::vector<acc_t> xt(lookahead ? p.I * Lookahead::S : 0);
@@ -115,7 +119,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
       // every row tile streams past it, so W_hh is read once per step.
       for (int64_t blk = ub0; blk < ub1 && gemv; ++blk)
         for_row_tiles<kGemvRows>(rows, [&](int64_t r0, auto m) {
-          gemv_block<decltype(m)::value>(p, ctx, blk, row0, r0, t, hcur, hnext);
+          gemv_block<Cell, decltype(m)::value>(p, ctx, blk, row0, r0, t, hcur, hnext);
         });
 #ifdef LSTM_BF16_DOT
       if constexpr (std::is_same_v<scalar_t, bf16_t>) {
@@ -148,7 +152,7 @@ void forward(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
         lookahead_tile(p, ctx, down ? ub0 + ub1 - 1 - i : i, s, row0, t, xt.data(), hcur, hnext, down);
       for (int64_t blk = ub0; blk < ub1 && !gemv && !dot && !lookahead; ++blk)
         for_gate_tiles<acc_t>(rows, [&](int64_t r0, auto m) {
-          gate_tile<decltype(m)::value>(p, ctx, blk, r0, row0, t, hcur, hnext);
+          gate_tile<Cell, decltype(m)::value>(p, ctx, blk, r0, row0, t, hcur, hnext);
         });
       if (proj) {
         // h_t = W_hr (o * tanh(c)): every thread needs all units, so wait for them first.

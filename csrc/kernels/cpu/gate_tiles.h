@@ -1,63 +1,74 @@
-// The forward's register tiles in acc_t: gate_tile (rows by one unit block, all four gates, on the
-// packed weights) and, at batch 1, the lookahead that computes the next chunk's input projection
+// The forward's register tiles in acc_t: gate_tile (rows by one unit block, all of a cell's gates,
+// on the packed weights) and, at batch 1, the LSTM's lookahead that computes the next chunk's input projection
 // during the recurrence (lookahead_tile).
 // Part of the per-ISA CPU core (see lstm_cpu_impl.h), compiled in each lstm_cpu_<isa>.cpp.
 #pragma once
 
 #include "cpu/tiles.h"
 #include "cpu/lstm_cell.h"
+#include "cpu/gru_cell.h"
 
 namespace lstm_fused {
 namespace cpu {
 namespace LSTM_ISA {
 
-// One register tile of the forward: MR rows (r0..) by one block of U units, all four gates; the
-// matrix products on the packed W_ih^T (when the tiles take the input) and W_hh^T, GV gates per
-// pass, then the cell update on the registers.
-template <int MR, typename scalar_t, typename acc_t>
+// One register tile of the forward: MR rows (r0..) by one block of U units, all of the cell's
+// gates; the matrix products on the packed W_ih^T (when the tiles take the input) and W_hh^T, GV
+// gates per pass, then the cell's update on the registers. A gate whose recurrent product stays
+// apart (Cell::apart: a GRU's n) starts from its recurrent bias, and its input projection is
+// left for the update to read.
+template <typename Cell, int MR, typename scalar_t, typename acc_t>
 inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
                       int64_t r0, int64_t row0, int64_t t, const acc_t* hcur, acc_t* hnext) {
   using V = typename VecOf<acc_t>::type;
-  constexpr int U = Tiling<acc_t>::U;
+  using L = GateLayout<Cell, acc_t>;
+  constexpr int U = Tiling<acc_t>::U, NG = L::NG;
   const int64_t j0 = blk * U;
   const int nu = static_cast<int>(std::min<int64_t>(U, x.H - j0));
   const acc_t* arows[MR];
-  V bias[4];
-  for (int g = 0; g < 4; ++g) bias[g] = p.bias ? load_n<V>(p.bias + g * x.H + j0, nu) : V{};
-  V acc[MR][4];
+  V bias[NG];
+  for (int g = 0; g < NG; ++g) {
+    if (Cell::apart(g)) {
+      bias[g] = p.bias_hn ? load_n<V>(p.bias_hn + j0, nu) : V{};
+    } else {
+      bias[g] = p.bias ? load_n<V>(p.bias + g * x.H + j0, nu) : V{};
+    }
+  }
+  V acc[MR][NG];
   for (int r = 0; r < MR; ++r) {
     arows[r] = hcur + (r0 + r) * x.P;
     if (x.wi) {
-      for (int g = 0; g < 4; ++g) acc[r][g] = bias[g];
+      for (int g = 0; g < NG; ++g) acc[r][g] = bias[g];
       continue;
     }
     const acc_t* xg = p.gates + (row0 + r0 + r) * x.G + j0;
-    for (int g = 0; g < 4; ++g) acc[r][g] = load_n<V>(xg + g * x.H, nu) + bias[g];
-    // The next row tile's input projection (a cold [N, 4H] buffer): fetch it during this tile's
+    for (int g = 0; g < NG; ++g) acc[r][g] = Cell::apart(g) ? bias[g] : load_n<V>(xg + g * x.H, nu) + bias[g];
+    // The next row tile's input projection (a cold [N, G] buffer): fetch it during this tile's
     // k loop. A prefetch past the last row is harmless.
     const acc_t* xn = xg + MR * x.G;
-    for (int g = 0; g < 4; ++g) __builtin_prefetch(xn + g * x.H);
+    for (int g = 0; g < NG; ++g) __builtin_prefetch(xn + g * x.H);
   }
   // Gates per pass: the packed groups (GS) one at a time, except that a tile of one or two rows
-  // takes all four at once: two accumulators per pass would leave FMAs waiting on their latency.
-  constexpr int GS = Tiling<acc_t>::GV, GV = MR <= 2 ? 4 : GS;
-  for (int g0 = 0; g0 < 4; g0 += GV) {
-    V part[MR][GV];
+  // takes all gates at once: two accumulators per pass would leave FMAs waiting on their latency.
+  constexpr int GS = L::GS, GV = MR <= 2 ? NG : GS;
+  for_gate_passes<GV, NG>([&](auto g0c, auto wc) {
+    constexpr int g0 = decltype(g0c)::value, W = decltype(wc)::value;
+    V part[MR][W];
     for (int r = 0; r < MR; ++r)
-      for (int v = 0; v < GV; ++v) part[r][v] = acc[r][g0 + v];
+      for (int v = 0; v < W; ++v) part[r][v] = acc[r][g0 + v];
     if constexpr (std::is_same_v<scalar_t, acc_t>) {  // the adapter passes x only in acc_t
       if (x.wi) {
         const acc_t* xrows[MR];
         for (int r = 0; r < MR; ++r) xrows[r] = p.x + (row0 + r0 + r) * p.I;
-        mac_tile<MR, GV, false, GS>(p.I, xrows, x.wi + (blk * 4 + g0) * p.I * U, GS * U, part, GS * p.I * U);
+        mac_tile<MR, W, false, GS>(p.I, xrows, x.wi + blk * p.I * L::NRC + g0 * p.I * U, GS * U, part, GS * p.I * U);
       }
     }
     if (!p.recurrent_in_gates)
-      mac_tile<MR, GV, false, GS>(x.P, arows, x.wp + (blk * 4 + g0) * x.P * U, GS * U, part, GS * x.P * U);
+      mac_tile<MR, W, false, GS>(x.P, arows, x.wp + blk * x.P * L::NRC + g0 * x.P * U, GS * U, part, GS * x.P * U);
     for (int r = 0; r < MR; ++r)
-      for (int v = 0; v < GV; ++v) acc[r][g0 + v] = part[r][v];
-  }
-  for (int r = 0; r < MR; ++r) cell_update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hnext);
+      for (int v = 0; v < W; ++v) acc[r][g0 + v] = part[r][v];
+  });
+  for (int r = 0; r < MR; ++r) Cell::update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hcur, hnext);
 }
 
 // Batch 1 with the input on the tiles: x_t W_ih^T alone would be one FMA per W_ih vector read

@@ -1,10 +1,11 @@
 // The small-batch path of the forward (gemv_block): dot products along the rows of W_hh as it lies
-// in memory, folded to a unit block's sums in registers, for up to 4 rows, then the cell update.
+// in memory, folded to a unit block's sums in registers, for up to 4 rows, then the cell's update.
 // Part of the per-ISA CPU core (see lstm_cpu_impl.h), compiled in each lstm_cpu_<isa>.cpp.
 #pragma once
 
 #include "cpu/tiles.h"
 #include "cpu/lstm_cell.h"
+#include "cpu/gru_cell.h"
 
 namespace lstm_fused {
 namespace cpu {
@@ -75,12 +76,13 @@ inline V first_lanes(V v, int n) {
 
 // The small-batch path (NB <= 4 rows): dot products along the rows of W_hh as it lies in memory,
 // so nothing is packed per call (for a few steps at batch 1 the packing would cost more than
-// the steps). With p.x set, the input projection is done here too. One block of U units, all
-// four gates, then the same cell update. The U sums of a gate's dot products come out of
+// the steps). With p.x set, the input projection is done here too (LSTM only: a GRU's n gate keeps
+// the products apart, which these sums do not). One block of U units, all of the cell's gates,
+// then the cell's update. The U sums of a gate's dot products come out of
 // fold_rows as one vector; against a lane sum and a scalar store per dot product (with 4 / NB
 // weight rows per pass): B4 T8 H128 0.83x of the time, B32 T1 H1024 0.76x, B8 T1 H128 0.93x,
 // batch 1 0.93-0.99x (2 threads; 1 thread alike).
-template <int NB, typename scalar_t, typename acc_t>
+template <typename Cell, int NB, typename scalar_t, typename acc_t>
 inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
                        int64_t row0, int64_t r0, int64_t t, const acc_t* hcur, acc_t* hnext) {
   using V = typename VecOf<acc_t>::type;
@@ -96,8 +98,9 @@ inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx
     hrows[b] = hcur + (r0 + b) * P;
     xrows[b] = p.x ? p.x + (row0 + r0 + b) * p.I : nullptr;
   }
-  V pre[NB][4];
-  for (int g = 0; g < 4; ++g) {
+  constexpr int NG = Cell::kGates;
+  V pre[NB][NG];
+  for (int g = 0; g < NG; ++g) {
     const int64_t wrow = g * H + j0;
     V part[NB][U / NW];
     for (int u0 = 0; u0 < U; u0 += NW) {
@@ -116,18 +119,20 @@ inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx
       }
     }
     V bias{};
-    if (p.x) {
+    if (Cell::apart(g)) {
+      if (p.bias_hn) bias = load_n<V>(p.bias_hn + j0, nu);
+    } else if (p.x) {
       if (p.b_ih) bias += load_any_n<V>(p.b_ih + wrow, nu);
       if (p.b_hh) bias += load_any_n<V>(p.b_hh + wrow, nu);
     } else if (p.bias) {
       bias = load_n<V>(p.bias + wrow, nu);
     }
     for (int b = 0; b < NB; ++b) {
-      const V add = p.x ? bias : load_n<V>(p.gates + (row0 + r0 + b) * x.G + wrow, nu) + bias;
+      const V add = p.x || Cell::apart(g) ? bias : load_n<V>(p.gates + (row0 + r0 + b) * x.G + wrow, nu) + bias;
       pre[b][g] = first_lanes(fold_rows<U, U / NW / 2>(part[b]) + add, nu);
     }
   }
-  for (int b = 0; b < NB; ++b) cell_update(p, x, pre[b], r0 + b, row0 + r0 + b, j0, nu, t, hnext);
+  for (int b = 0; b < NB; ++b) Cell::update(p, x, pre[b], r0 + b, row0 + r0 + b, j0, nu, t, hcur, hnext);
 }
 
 }  // namespace LSTM_ISA

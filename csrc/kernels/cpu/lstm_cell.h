@@ -1,6 +1,7 @@
 // The LSTM cell's forward pointwise step: the forward's shared state (ForwardCtx, with the cell
-// state) and the gate activations and cell update that end every forward tile (cell_update). The
-// cell backward is written out in backward()'s step loop (backward.h says why).
+// state), the gate activations and cell update that end every forward tile (cell_update), and
+// LstmCell, the cell policy the generic loops take (gru_cell.h has the GRU's). The cell backward
+// is written out in backward()'s step loop (backward.h says why).
 // Part of the per-ISA CPU core (see lstm_cpu_impl.h), compiled in each lstm_cpu_<isa>.cpp.
 #pragma once
 
@@ -14,15 +15,15 @@ namespace LSTM_ISA {
 // What the forward's threads share: sizes, packed weights and state buffers.
 template <typename acc_t>
 struct ForwardCtx {
-  int64_t H, P, G, Hp;
+  int64_t H, P, G, Hp;  // G: gates x H, a row of the gate buffer
   bool proj;
   const Steps* steps;
-  // Packed by pack_gate_weight in gate groups of Tiling::GV: [nblk][4 / GV][K][GV][U] (the
-  // lookahead's W_ih in groups of Lookahead::RV; AVX-512, where GV = 4).
+  // Packed by pack_gate_weight in the cell's gate groups (GateLayout): [nblk][NG / GS][K][GS][U]
+  // (the LSTM's lookahead's W_ih in groups of Lookahead::RV; AVX-512, where GS = 4).
   const acc_t* wp;  // W_hh^T, K = P
   const acc_t* wi;  // W_ih^T, K = I, when the tiles take the input, else nullptr
   acc_t* ring;      // batch 1 with wi: [2][Lookahead::S][nblk][4][U], x W_ih^T of two chunks
-  acc_t* cst;       // [B, Hp] cell state
+  acc_t* cst;       // [B, Hp] cell state (LSTM)
   acc_t* hpre;      // [B, Hp] o * tanh(c) before the projection
 };
 
@@ -59,6 +60,20 @@ __attribute__((always_inline)) inline V cell_update(const ForwardParams<scalar_t
   if (last) store_n(p.c_n + b * H + j0, c, nu);
   return h;
 }
+
+// The LSTM as the generic loops see it (forward.h, gate_tiles.h, gemv.h, backward.h): four gates,
+// i f g o, every recurrent product summed with the input projection.
+struct LstmCell {
+  static constexpr int kGates = 4;
+  static constexpr bool kLstm = true;
+  static constexpr bool apart(int) { return false; }
+  template <typename scalar_t, typename acc_t, typename V>
+  __attribute__((always_inline)) static V update(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x,
+                                                 const V (&pre)[4], int64_t b, int64_t row, int64_t j0, int nu,
+                                                 int64_t t, const acc_t*, acc_t* hnext) {
+    return cell_update(p, x, pre, b, row, j0, nu, t, hnext);
+  }
+};
 
 }  // namespace LSTM_ISA
 }  // namespace cpu

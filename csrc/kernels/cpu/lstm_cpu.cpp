@@ -128,12 +128,38 @@ void lstm_backward(const BackwardParams<scalar_t, acc_t>& params) {
   }
 }
 
+template <typename scalar_t, typename acc_t>
+void gru_forward(const ForwardParams<scalar_t, acc_t>& params) {
+  switch (isa()) {
+    case Isa::kAmx:
+    case Isa::kAvx512: return avx512::gru_forward(params);
+    case Isa::kAvx2: return avx2::gru_forward(params);
+    default: return baseline::gru_forward(params);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void gru_backward(const BackwardParams<scalar_t, acc_t>& params) {
+  switch (isa()) {
+    case Isa::kAmx:
+    case Isa::kAvx512: return avx512::gru_backward(params);
+    case Isa::kAvx2: return avx2::gru_backward(params);
+    default: return baseline::gru_backward(params);
+  }
+}
+
 template void lstm_forward<double, double>(const ForwardParams<double, double>&);
 template void lstm_forward<float, float>(const ForwardParams<float, float>&);
 template void lstm_forward<bf16_t, float>(const ForwardParams<bf16_t, float>&);
 template void lstm_backward<double, double>(const BackwardParams<double, double>&);
 template void lstm_backward<float, float>(const BackwardParams<float, float>&);
 template void lstm_backward<bf16_t, float>(const BackwardParams<bf16_t, float>&);
+template void gru_forward<double, double>(const ForwardParams<double, double>&);
+template void gru_forward<float, float>(const ForwardParams<float, float>&);
+template void gru_forward<bf16_t, float>(const ForwardParams<bf16_t, float>&);
+template void gru_backward<double, double>(const BackwardParams<double, double>&);
+template void gru_backward<float, float>(const BackwardParams<float, float>&);
+template void gru_backward<bf16_t, float>(const BackwardParams<bf16_t, float>&);
 
 }  // namespace cpu
 }  // namespace lstm_fused

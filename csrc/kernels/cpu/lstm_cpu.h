@@ -25,6 +25,14 @@ void lstm_forward(const ForwardParams<scalar_t, acc_t>& params);
 template <typename scalar_t, typename acc_t>
 void lstm_backward(const BackwardParams<scalar_t, acc_t>& params);
 
+// The same loops for a GRU (gate order r, z, n; the params' GRU layout is in gru_cell.h): the
+// small-batch path and the register tiles; the caller always runs the input projection, and
+// dgates_x receives the input side's gradients.
+template <typename scalar_t, typename acc_t>
+void gru_forward(const ForwardParams<scalar_t, acc_t>& params);
+template <typename scalar_t, typename acc_t>
+void gru_backward(const BackwardParams<scalar_t, acc_t>& params);
+
 // Whether lstm_forward<bf16_t> runs its AVX512-BF16 tiles for these sizes (those read
 // ForwardParams::gates_lp when it is set).
 bool bf16_tiles_used(int64_t T, int64_t B, int64_t H, int64_t P, bool proj);

@@ -11,9 +11,10 @@
 // The core is split by concern, in the order below (each piece includes what it builds on):
 // vec.h (vector types, conversions, activations), tiles.h (register tiles and their loops),
 // team.h (thread team and barrier), steps.h (row layout), pack.h (weight packing), dispatch.h
-// (size rules), lstm_cell.h (the LSTM's forward pointwise step), gate_tiles.h, gemv.h and bf16.h
-// (the forward's tiles), forward.h and backward.h (the loops; the LSTM's cell backward is in
-// backward.h's step loop).
+// (size rules), lstm_cell.h and gru_cell.h (the cells: gate counts and pointwise steps),
+// gate_tiles.h, gemv.h and bf16.h (the forward's tiles), forward.h and backward.h (the loops, generic
+// over the cell; the LSTM's cell backward is in backward.h's step loop), entry.h (what lstm_cpu.cpp
+// calls).
 //
 // Every piece declares its code in namespace lstm_fused::cpu::LSTM_ISA (not in a shared header)
 // so that each instruction set gets its own copy: one inline function compiled for two targets
@@ -28,8 +29,10 @@
 #include "cpu/pack.h"
 #include "cpu/dispatch.h"
 #include "cpu/lstm_cell.h"
+#include "cpu/gru_cell.h"
 #include "cpu/gate_tiles.h"
 #include "cpu/gemv.h"
 #include "cpu/bf16.h"
 #include "cpu/forward.h"
 #include "cpu/backward.h"
+#include "cpu/entry.h"

@@ -28,6 +28,10 @@
   void forward(const ForwardParams<scalar_t, acc_t>& p, bool amx);                     \
   template <typename scalar_t, typename acc_t>                                         \
   void backward(const BackwardParams<scalar_t, acc_t>& p);                             \
+  template <typename scalar_t, typename acc_t>                                         \
+  void gru_forward(const ForwardParams<scalar_t, acc_t>& p);                           \
+  template <typename scalar_t, typename acc_t>                                         \
+  void gru_backward(const BackwardParams<scalar_t, acc_t>& p);                         \
   bool cpu_has_bf16_dot();                                                             \
   bool amx_takes_input(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P, bool proj); \
   bool small_batch_path(int64_t T, int64_t B, int64_t H, int64_t P, int64_t acc_bytes); \
@@ -47,6 +51,12 @@
   template void backward<double, double>(const BackwardParams<double, double>&);                  \
   template void backward<float, float>(const BackwardParams<float, float>&);                      \
   template void backward<bf16_t, float>(const BackwardParams<bf16_t, float>&);                    \
+  template void gru_forward<double, double>(const ForwardParams<double, double>&);                \
+  template void gru_forward<float, float>(const ForwardParams<float, float>&);                    \
+  template void gru_forward<bf16_t, float>(const ForwardParams<bf16_t, float>&);                  \
+  template void gru_backward<double, double>(const BackwardParams<double, double>&);              \
+  template void gru_backward<float, float>(const BackwardParams<float, float>&);                  \
+  template void gru_backward<bf16_t, float>(const BackwardParams<bf16_t, float>&);                \
   }                                                                                               \
   }                                                                                               \
   }

@@ -83,21 +83,23 @@ inline void transpose_tile(const scalar_t* src, int64_t lds, acc_t* dst, int64_t
   }
 }
 
-// The transpose of a gate weight ([4H, K]: W_hh, K = P, or W_ih, K = I) for unit blocks
-// [b0, b1), the four gates of a block of U units side by side: wp[blk][k][gate][u] (lanes past H
-// zero), so that a block's k loop streams through contiguous memory. For each k the U units of a
-// block are one cache line while their U rows of W are read in step. With gv < 4 the gates go in
-// groups of gv, each group's k loop contiguous: wp[blk][gate / gv][k][gate % gv][u] (the
-// lookahead reads Lookahead::RV gates at a time).
+// The transpose of a gate weight ([NG H, K]: W_hh, K = P, or W_ih, K = I; NG gates, 4 for the
+// LSTM) for unit blocks [b0, b1), the gates of a block of U units side by side: wp[blk][k][gate][u]
+// (lanes past H zero), so that a block's k loop streams through contiguous memory. For each k the
+// U units of a block are one cache line while their U rows of W are read in step. With gv < NG
+// the gates go in groups of gv, each group's k loop contiguous: wp[blk][gate / gv][k][gate % gv][u]
+// (a last group of fewer gates padded to gv; the lookahead reads Lookahead::RV gates at a time).
+// A block takes K * nrc lanes (GateLayout::NRC).
 template <typename scalar_t, typename acc_t>
 void pack_gate_weight(const scalar_t* w_g, int64_t H, int64_t K, int64_t b0, int64_t b1, acc_t* wp,
-                      int gv = 4) {
-  constexpr int U = Tiling<acc_t>::U, NR = Tiling<acc_t>::NR;
+                      int gv = 4, int ng = 4) {
+  constexpr int U = Tiling<acc_t>::U;
+  const int64_t nrc = (ng + gv - 1) / gv * gv * U;
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int nu = static_cast<int>(std::min<int64_t>(U, H - blk * U));
-    for (int g = 0; g < 4; ++g) {
+    for (int g = 0; g < ng; ++g) {
       const scalar_t* w = w_g + (g * H + blk * U) * K;
-      acc_t* out = wp + blk * K * NR + (g / gv) * K * gv * U + (g % gv) * U;
+      acc_t* out = wp + blk * K * nrc + (g / gv) * K * gv * U + (g % gv) * U;
       const int64_t ld = gv * U;
       for (int64_t k0 = 0; k0 < K; k0 += U)
         transpose_tile(w + k0, K, out + k0 * ld, ld, nu, static_cast<int>(std::min<int64_t>(U, K - k0)));

@@ -1,4 +1,5 @@
-// Register tiles: the tiling constants per instruction set (Tiling), the multiply-accumulate tile
+// Register tiles: the tiling constants per instruction set (Tiling) and a cell's packed gate groups
+// (GateLayout), the multiply-accumulate tile
 // over packed weights (mac_tile), and the loops that cover rows and column blocks with tiles of
 // compile-time sizes. Cell-independent.
 // Part of the per-ISA CPU core (see lstm_cpu_impl.h), compiled in each lstm_cpu_<isa>.cpp.
@@ -30,6 +31,27 @@ struct Tiling {
   static constexpr int FR = 6;
   static constexpr int NR = 4 * U;
 };
+
+// How a cell's gate weights are packed for the gate tiles (pack_gate_weight): its NG gates in
+// groups of GS = min(GV, NG), each group's k loop contiguous, NRC lanes per k of a unit block (a
+// last group of fewer gates padded to GS, never read). The LSTM's four gates fill NR; a GRU's three
+// are one group of 3 with AVX-512 (3U lanes) and groups of 2 and 1 with 16 registers.
+template <typename Cell, typename acc_t>
+struct GateLayout {
+  static constexpr int NG = Cell::kGates;
+  static constexpr int GS = Tiling<acc_t>::GV < NG ? Tiling<acc_t>::GV : NG;
+  static constexpr int NRC = (NG + GS - 1) / GS * GS * Tiling<acc_t>::U;
+};
+
+// f(g0, w) (integral constants) for the passes of a gate tile over NG gates, GV at a time: gates
+// [g0, g0 + w), the last pass of the gates left.
+template <int GV, int NG, int G0 = 0, typename F>
+inline void for_gate_passes(F&& f) {
+  if constexpr (G0 < NG) {
+    f(std::integral_constant<int, G0>{}, std::integral_constant<int, (GV < NG - G0 ? GV : NG - G0)>{});
+    for_gate_passes<GV, NG, G0 + GV>(f);
+  }
+}
 
 // acc[r][v] += sum_k a[r][k] * b[k][v*U : v*U+U] for r < MR, v < NV: a register tile of MR rows
 // by NV vectors. Rows of A come as pointers so the caller can map tile rows onto any rows (a
