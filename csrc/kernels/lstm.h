@@ -68,9 +68,8 @@ struct ForwardParams {
   //        tanh g) that the backward reads; otherwise its contents are left undefined.
   acc_t* gates = nullptr;
   const acc_t* bias = nullptr;     // [4H] read: b_ih + b_hh, or nullptr without biases
-  // GRU (CPU): bias is [3H] b_ir + b_hr, b_iz + b_hz, b_in; bias_hn [H] is b_hn, added to
-  // h W_hn^T before r multiplies it. Saved, gates holds r, z, n and cells h W_hn^T + b_hn.
-  const acc_t* bias_hn = nullptr;
+  // GRU (CPU): no bias; b_ih and b_hh (below) are read on every path. Saved, gates holds r, z, n
+  // and cells h W_hn^T + b_hn.
   // bf16 inference on CPUs with AVX512-BF16 (see cpu::bf16_tiles_used): the input projection as
   // the GEMM left it, [N, 4H] in bf16, read in place of gates (then nullptr; save is false).
   const scalar_t* gates_lp = nullptr;
@@ -97,8 +96,8 @@ struct ForwardParams {
   // register tiles (cpu::tiles_take_input; at batch 1 a chunk of steps ahead), which add bias.
   const scalar_t* x = nullptr;     // [N, I] read
   const scalar_t* w_ih = nullptr;  // [4H, I] read
-  const scalar_t* b_ih = nullptr;  // [4H] read, or nullptr (small-batch path only)
-  const scalar_t* b_hh = nullptr;  // [4H] read, or nullptr (small-batch path only)
+  const scalar_t* b_ih = nullptr;  // [4H] read, or nullptr (small-batch path only; a GRU: always)
+  const scalar_t* b_hh = nullptr;  // [4H] read, or nullptr (small-batch path only; a GRU: always)
   int64_t I = 0;
 };
 

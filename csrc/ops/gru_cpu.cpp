@@ -25,17 +25,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
   const auto acc = acc_dtype(x.scalar_type());
   const auto acc_opts = x.options().dtype(acc);
   const int64_t H = s.H;
-  // x W_ih^T over every row; the kernel adds b_ir + b_hr and b_iz + b_hz to r and z, b_in to n's
-  // input part and b_hn to its recurrent part (r multiplies that one alone).
-  at::Tensor gates = input_projection(x, w_ih, s, acc);
-  at::Tensor bias, bias_hn;
-  if (b_ih || b_hh) {
-    bias = b_ih ? b_ih->to(acc).clone() : at::zeros({3 * H}, acc_opts);
-    if (b_hh) {
-      bias.narrow(0, 0, 2 * H).add_(b_hh->narrow(0, 0, 2 * H).to(acc));
-      bias_hn = b_hh->narrow(0, 2 * H, H).to(acc).contiguous();
-    }
-  }
+  // A few steps of small-batch inference (streaming): the kernel does the input projection too,
+  // as the LSTM's does, which saves a GEMM call and a buffer per call. Otherwise x W_ih^T over
+  // every row. The kernel reads b_ih and b_hh as they are (b_hn apart from b_in: r multiplies it).
+  const bool fuse_input = !save && s.B <= 4 && s.T <= 4;
+  at::Tensor gates = fuse_input ? at::Tensor() : input_projection(x, w_ih, s, acc);
+  const at::Tensor xc = fuse_input ? x.contiguous() : at::Tensor();
+  const at::Tensor wihc = fuse_input ? w_ih.contiguous() : at::Tensor();
+  const at::Tensor bihc = b_ih ? b_ih->contiguous() : at::Tensor();
+  const at::Tensor bhhc = b_hh ? b_hh->contiguous() : at::Tensor();
   at::Tensor y = empty_reused(output_sizes(x, H), x.options());
   at::Tensor h_n = at::empty({s.B, H}, x.options());
   at::Tensor hn = save ? empty_reused({s.N, H}, acc_opts) : at::empty({0}, acc_opts);
@@ -53,9 +51,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
     p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
     p.reverse = reverse;
     p.num_threads = threads_for(s.T, s.B, 3 * H, H);
-    p.gates = gates.numel() ? gates.mutable_data_ptr<kacc>() : nullptr;
-    p.bias = bias.defined() ? bias.const_data_ptr<kacc>() : nullptr;
-    p.bias_hn = bias_hn.defined() ? bias_hn.const_data_ptr<kacc>() : nullptr;
+    p.gates = gates.defined() && gates.numel() ? gates.mutable_data_ptr<kacc>() : nullptr;
+    p.x = kptr<scalar_t>(xc);
+    p.w_ih = kptr<scalar_t>(wihc);
+    p.I = s.I;
+    p.b_ih = kptr<scalar_t>(bihc);
+    p.b_hh = kptr<scalar_t>(bhhc);
     p.w_hh = kptr<scalar_t>(whh);
     p.h0 = kptr<scalar_t>(h0c);
     p.y = kptr_mut<scalar_t>(y);
@@ -64,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
     p.save = save;
     cpu::gru_forward(p);
   });
-  if (!save) gates = at::empty({0}, acc_opts);
+  if (!save) gates = at::empty({0}, acc_opts);  // (as forward's: nothing of it is for the caller)
   return {y, h_n, gates, hn};
 }
 

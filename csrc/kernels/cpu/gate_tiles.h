@@ -15,8 +15,8 @@ namespace LSTM_ISA {
 // One register tile of the forward: MR rows (r0..) by one block of U units, all of the cell's
 // gates; the matrix products on the packed W_ih^T (when the tiles take the input) and W_hh^T, GV
 // gates per pass, then the cell's update on the registers. A gate whose recurrent product stays
-// apart (Cell::apart: a GRU's n) starts from its recurrent bias, and its input projection is
-// left for the update to read.
+// apart (Cell::apart: a GRU's n) starts from its recurrent bias (GruCell::bias), and its input
+// projection is left for the update to read.
 template <typename Cell, int MR, typename scalar_t, typename acc_t>
 inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x, int64_t blk,
                       int64_t r0, int64_t row0, int64_t t, const acc_t* hcur, acc_t* hnext) {
@@ -28,10 +28,10 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
   const acc_t* arows[MR];
   V bias[NG];
   for (int g = 0; g < NG; ++g) {
-    if (Cell::apart(g)) {
-      bias[g] = p.bias_hn ? load_n<V>(p.bias_hn + j0, nu) : V{};
-    } else {
+    if constexpr (Cell::kLstm) {
       bias[g] = p.bias ? load_n<V>(p.bias + g * x.H + j0, nu) : V{};
+    } else {
+      bias[g] = Cell::template bias<V>(p, g, j0, nu);
     }
   }
   V acc[MR][NG];
@@ -68,7 +68,7 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
     for (int r = 0; r < MR; ++r)
       for (int v = 0; v < W; ++v) acc[r][g0 + v] = part[r][v];
   });
-  for (int r = 0; r < MR; ++r) Cell::update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hcur, hnext);
+  for (int r = 0; r < MR; ++r) Cell::update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hcur, hnext, static_cast<const V*>(nullptr));
 }
 
 // Batch 1 with the input on the tiles: x_t W_ih^T alone would be one FMA per W_ih vector read

@@ -76,8 +76,8 @@ inline V first_lanes(V v, int n) {
 
 // The small-batch path (NB <= 4 rows): dot products along the rows of W_hh as it lies in memory,
 // so nothing is packed per call (for a few steps at batch 1 the packing would cost more than
-// the steps). With p.x set, the input projection is done here too (LSTM only: a GRU's n gate keeps
-// the products apart, which these sums do not). One block of U units, all of the cell's gates,
+// the steps). With p.x set, the input projection is done here too (for a GRU's n gate in a sum of
+// its own: r multiplies the recurrent one alone). One block of U units, all of the cell's gates,
 // then the cell's update. The U sums of a gate's dot products come out of
 // fold_rows as one vector; against a lane sum and a scalar store per dot product (with 4 / NB
 // weight rows per pass): B4 T8 H128 0.83x of the time, B32 T1 H1024 0.76x, B8 T1 H128 0.93x,
@@ -100,39 +100,54 @@ inline void gemv_block(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx
   }
   constexpr int NG = Cell::kGates;
   V pre[NB][NG];
+  // A GRU with the input here: x W_in^T + b_in of each row, summed apart from n's recurrent part.
+  V xin[NB];
   for (int g = 0; g < NG; ++g) {
     const int64_t wrow = g * H + j0;
-    V part[NB][U / NW];
-    for (int u0 = 0; u0 < U; u0 += NW) {
-      V s[NW][NB] = {};
-      const int nw = nu - u0;
-      if (nw <= 0) {  // all padding
-        for (int b = 0; b < NB; ++b) part[b][u0 / NW] = V{};
-        continue;
+    // Pass 0 sums the gate's products (an apart gate's recurrent one alone); pass 1, for an apart
+    // gate with the input here, its input product.
+    const int npass = Cell::apart(g) && p.x ? 2 : 1;
+    for (int pass = 0; pass < npass; ++pass) {
+      const bool with_x = p.x && (npass == 1 || pass == 1);
+      V part[NB][U / NW];
+      for (int u0 = 0; u0 < U; u0 += NW) {
+        V s[NW][NB] = {};
+        const int nw = nu - u0;
+        if (nw <= 0) {  // all padding
+          for (int b = 0; b < NB; ++b) part[b][u0 / NW] = V{};
+          continue;
+        }
+        if (pass == 0) dot_rows(p.w_hh + (wrow + u0) * P, P, nw, hrows, P, s);
+        if (with_x) dot_rows(p.w_ih + (wrow + u0) * p.I, p.I, nw, xrows, p.I, s);
+        for (int b = 0; b < NB; ++b) {
+          V col[NW];
+          for (int r = 0; r < NW; ++r) col[r] = s[r][b];
+          part[b][u0 / NW] = fold_rows<U, U / 2>(col);
+        }
       }
-      dot_rows(p.w_hh + (wrow + u0) * P, P, nw, hrows, P, s);
-      if (p.x) dot_rows(p.w_ih + (wrow + u0) * p.I, p.I, nw, xrows, p.I, s);
+      V bias{};
+      if constexpr (!Cell::kLstm) {
+        bias = pass == 0 ? Cell::template bias<V>(p, g, j0, nu)
+                         : (p.b_ih ? load_any_n<V>(p.b_ih + wrow, nu) : V{});
+      } else if (p.x) {
+        if (p.b_ih) bias += load_any_n<V>(p.b_ih + wrow, nu);
+        if (p.b_hh) bias += load_any_n<V>(p.b_hh + wrow, nu);
+      } else if (p.bias) {
+        bias = load_n<V>(p.bias + wrow, nu);
+      }
       for (int b = 0; b < NB; ++b) {
-        V col[NW];
-        for (int r = 0; r < NW; ++r) col[r] = s[r][b];
-        part[b][u0 / NW] = fold_rows<U, U / 2>(col);
+        const V add = p.x || Cell::apart(g) ? bias : load_n<V>(p.gates + (row0 + r0 + b) * x.G + wrow, nu) + bias;
+        const V v = first_lanes(fold_rows<U, U / NW / 2>(part[b]) + add, nu);
+        if (pass == 0) {
+          pre[b][g] = v;
+        } else {
+          xin[b] = v;
+        }
       }
-    }
-    V bias{};
-    if (Cell::apart(g)) {
-      if (p.bias_hn) bias = load_n<V>(p.bias_hn + j0, nu);
-    } else if (p.x) {
-      if (p.b_ih) bias += load_any_n<V>(p.b_ih + wrow, nu);
-      if (p.b_hh) bias += load_any_n<V>(p.b_hh + wrow, nu);
-    } else if (p.bias) {
-      bias = load_n<V>(p.bias + wrow, nu);
-    }
-    for (int b = 0; b < NB; ++b) {
-      const V add = p.x || Cell::apart(g) ? bias : load_n<V>(p.gates + (row0 + r0 + b) * x.G + wrow, nu) + bias;
-      pre[b][g] = first_lanes(fold_rows<U, U / NW / 2>(part[b]) + add, nu);
     }
   }
-  for (int b = 0; b < NB; ++b) Cell::update(p, x, pre[b], r0 + b, row0 + r0 + b, j0, nu, t, hcur, hnext);
+  for (int b = 0; b < NB; ++b)
+    Cell::update(p, x, pre[b], r0 + b, row0 + r0 + b, j0, nu, t, hcur, hnext, p.x ? &xin[b] : static_cast<const V*>(nullptr));
 }
 
 }  // namespace LSTM_ISA

@@ -11,25 +11,37 @@ namespace lstm_fused {
 namespace cpu {
 namespace LSTM_ISA {
 
-// ForwardParams for a GRU: gates [N, 3H] holds x W_ih^T (the input projection), bias [3H] is
-// b_ir + b_hr, b_iz + b_hz and b_in, bias_hn [H] is b_hn; with save, gates is overwritten with r, z
-// and n, and cells [N, H] receives h W_hn^T + b_hn, which the backward needs for dr. No c0 / c_n,
-// no projection (P == H).
+// ForwardParams for a GRU: gates [N, 3H] holds x W_ih^T (the input projection, unless x is set:
+// the small-batch path then computes it), and b_ih and b_hh [3H] are read as they are (bias and
+// bias_hn are not read: the tiles add the biases, which saves the caller the ops that would
+// combine them, a fifth of a streaming step); with save, gates is overwritten with r, z and n,
+// and cells [N, H] receives h W_hn^T + b_hn, which the backward needs for dr. No c0 / c_n, no
+// projection (P == H).
 struct GruCell {
   static constexpr int kGates = 3;
   static constexpr bool kLstm = false;
   // The n gate's recurrent product: the tiles start it from b_hn and leave x W_in^T out of it.
   static constexpr bool apart(int g) { return g == 2; }
+  // What gate g's sum starts from beside its products: b_i + b_h for r and z, b_hn for n.
+  template <typename V, typename scalar_t, typename acc_t>
+  static V bias(const ForwardParams<scalar_t, acc_t>& p, int g, int64_t j0, int nu) {
+    const int64_t o = g * p.H + j0;
+    V b = p.b_hh ? load_any_n<V>(p.b_hh + o, nu) : V{};
+    if (!apart(g) && p.b_ih) b = load_any_n<V>(p.b_ih + o, nu) + b;
+    return b;
+  }
   // One row and one block of U units: pre holds the r and z pre-activations and h W_hn^T + b_hn;
-  // hcur is h_{t-1} (every row's, [B, H]). Lanes past nu are padding: zero inputs, finite results.
+  // hcur is h_{t-1} (every row's, [B, H]); xin is x W_in^T + b_in where the caller summed it,
+  // else nullptr (read from gates). Lanes past nu are padding: zero inputs, finite results.
   template <typename scalar_t, typename acc_t, typename V>
   __attribute__((always_inline)) static V update(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x,
                                                  const V (&pre)[3], int64_t b, int64_t row, int64_t j0, int nu,
-                                                 int64_t t, const acc_t* hcur, acc_t* hnext) {
+                                                 int64_t t, const acc_t* hcur, acc_t* hnext, const V* xin) {
     const int64_t H = x.H;
-    acc_t* grow = p.gates + row * x.G + j0;
+    acc_t* grow = p.gates ? p.gates + row * x.G + j0 : nullptr;
     const V r = sigmoid_v(pre[0]), z = sigmoid_v(pre[1]);
-    const V xn = load_n<V>(grow + 2 * H, nu) + (p.bias ? load_n<V>(p.bias + 2 * H + j0, nu) : V{});
+    const V xn = xin ? *xin
+                     : load_n<V>(grow + 2 * H, nu) + (p.b_ih ? load_any_n<V>(p.b_ih + 2 * H + j0, nu) : V{});
     const V n = tanh_v(xn + r * pre[2]);
     const V hp = load_n<V>(hcur + b * H + j0, nu);
     const V h = n + z * (hp - n);

@@ -70,7 +70,7 @@ struct LstmCell {
   template <typename scalar_t, typename acc_t, typename V>
   __attribute__((always_inline)) static V update(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x,
                                                  const V (&pre)[4], int64_t b, int64_t row, int64_t j0, int nu,
-                                                 int64_t t, const acc_t*, acc_t* hnext) {
+                                                 int64_t t, const acc_t*, acc_t* hnext, const V*) {
     return cell_update(p, x, pre, b, row, j0, nu, t, hnext);
   }
 };

@@ -26,8 +26,8 @@ template <typename scalar_t, typename acc_t>
 void lstm_backward(const BackwardParams<scalar_t, acc_t>& params);
 
 // The same loops for a GRU (gate order r, z, n; the params' GRU layout is in gru_cell.h): the
-// small-batch path and the register tiles; the caller always runs the input projection, and
-// dgates_x receives the input side's gradients.
+// small-batch path (which takes the input projection too when ForwardParams::x is set) and the
+// register tiles (which do not: the caller runs it); dgates_x receives the input side's gradients.
 template <typename scalar_t, typename acc_t>
 void gru_forward(const ForwardParams<scalar_t, acc_t>& params);
 template <typename scalar_t, typename acc_t>
