@@ -1,9 +1,10 @@
 """The benchmark cases: one record per timed configuration, and the grids that list them.
 
-Two kinds of record: a Case times one LSTM layer stack on a shape; a ModelCase times a whole model
-step (benchmarks/models.py) with torch's modules against the same model after lstm_fused.convert.
-The CPU grids open with the target table (each row with its required speedup), then a spread of
-other shapes, then the model rows; the GPU grids sweep B x H x T x dtype x mode.
+Two kinds of record: a Case times one LSTM (or GRU) layer stack on a shape; a ModelCase times a
+whole model step (benchmarks/models.py) with torch's modules against the same model after
+lstm_fused.convert. The CPU grids open with the target table (each row with its required speedup),
+then a spread of other shapes, then the GRU's rows and the model rows; the GPU grids sweep
+B x H x T x dtype x mode.
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ class Case:
     flashrnn: bool = False
     # Also time lstm_fused.reference (pure-PyTorch time loop) as a baseline: tiny cases only.
     reference: bool = False
+    # "lstm", or "gru": lstm_fused.GRU against torch.nn.GRU (no proj; the state is h alone).
+    cell: str = "lstm"
 
     @property
     def kind(self) -> str:
@@ -72,7 +75,7 @@ class Case:
 
     @property
     def label(self) -> str:
-        parts = [self.kind]
+        parts = ([] if self.cell == "lstm" else [self.cell]) + [self.kind]
         if self.stream_calls:
             parts.append(f"{self.stream_calls}x1step")
         parts.append(f"B{self.B}")
@@ -125,6 +128,8 @@ class ModelCase:
     threads: Optional[int] = None
     target: str = ""
     dtype: str = "float32"
+    # seq2seq: "lstm" (nn.LSTM encoder, nn.LSTMCell decoder) or "gru" (nn.GRU, nn.GRUCell).
+    cell: str = "lstm"
 
     kind = "model"
 
@@ -138,7 +143,9 @@ class ModelCase:
             return (f"model forecast-{'train' if self.training else 'infer'} B{self.B} H{self.H} "
                     f"L{self.layers} enc<={self.max_len} dec{self.steps}")
         if self.model == "seq2seq":
-            return f"model seq2seq-greedy B{self.B} H{self.H} src{self.max_len} V{self.vocab} {self.steps}steps"
+            cell = "" if self.cell == "lstm" else f" {self.cell}"
+            return (f"model seq2seq-greedy{cell} B{self.B} H{self.H} src{self.max_len} V{self.vocab} "
+                    f"{self.steps}steps")
         return (f"model tagger-{'train' if self.training else 'infer'} B{self.B} H{self.H} L{self.layers} bi "
                 f"len{self.min_len}-{self.max_len}")
 
@@ -203,12 +210,28 @@ def cpu_model_rows() -> list[ModelCase]:
     ]
 
 
+def cpu_gru_rows() -> list:
+    """The GRU's rows: the LSTM's target shapes as lstm_fused.GRU against torch.nn.GRU (no
+    projection: torch's GRU has none), bf16 beside them, and greedy decoding with a GRUCell."""
+    return [
+        Case(cell="gru", B=1, T=256, I=128, H=128, target=">=3x"),
+        Case(cell="gru", B=1, T=1, I=64, H=128, stream_calls=200, target=">=3x"),
+        Case(cell="gru", B=32, T=100, I=256, H=256, lengths=packed_lengths(32, 30, 100), target=">=1.8x"),
+        Case(cell="gru", B=8, T=100, I=256, H=256, layers=2, bidirectional=True, target=">=1.1x"),
+        Case(cell="gru", B=32, T=100, I=256, H=256, target=">=0.95x"),
+        Case(cell="gru", B=32, T=100, I=256, H=256, training=True, target=">=1.0x"),
+        Case(cell="gru", B=32, T=100, I=256, H=256, dtype="bfloat16"),
+        ModelCase("seq2seq", cell="gru", B=1, H=128, max_len=20, steps=100, vocab=1000, target=">=2.5x"),
+        ModelCase("seq2seq", cell="gru", B=32, H=256, max_len=20, steps=100, vocab=1000, target=">=1.3x"),
+    ]
+
+
 def with_threads(cases: list, thread_counts: list[Optional[int]]) -> list:
     return [dataclasses.replace(c, threads=t) for t in thread_counts for c in cases]
 
 
 def cpu_default(thread_counts: list[Optional[int]]) -> list:
-    return with_threads(cpu_target_rows() + cpu_spread() + cpu_model_rows(), thread_counts)
+    return with_threads(cpu_target_rows() + cpu_spread() + cpu_gru_rows() + cpu_model_rows(), thread_counts)
 
 
 def cpu_quick() -> list:
@@ -221,6 +244,9 @@ def cpu_quick() -> list:
         Case(B=2, T=16, I=32, H=32, layers=2, bidirectional=True),
         Case(B=4, T=16, I=32, H=32, training=True),
         Case(B=4, T=16, I=32, H=32, dtype="bfloat16"),
+        Case(cell="gru", B=4, T=16, I=32, H=32, lengths=packed_lengths(4, 5, 16), training=True),
+        Case(cell="gru", B=1, T=1, I=16, H=32, stream_calls=20),
+        ModelCase("seq2seq", cell="gru", B=2, H=32, max_len=6, steps=10, vocab=50),
         ModelCase("forecast", B=8, H=16, layers=2, training=True, max_len=12, steps=4),
         ModelCase("seq2seq", B=2, H=32, max_len=6, steps=10, vocab=50),
         ModelCase("tagger", B=4, H=32, layers=1, min_len=3, max_len=10, vocab=100),

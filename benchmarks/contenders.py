@@ -4,7 +4,8 @@
 timed unit: an inference forward (under torch.inference_mode), a training forward+backward
 (torch.autograd.grad of the output against a fixed random output gradient, w.r.t. the input and
 every parameter, so nothing accumulates between calls), or a whole streaming loop of one-step calls
-carrying (h, c). Contenders: "lstm_fused" (ours), "nn.LSTM" (oneDNN on CPU, cuDNN on GPU), and where
+carrying (h, c) (h for a GRU). Contenders: "lstm_fused" (ours), "nn.LSTM" (torch's module: oneDNN on
+CPU, cuDNN on GPU; torch.nn.GRU on the GRU's rows, which keep the name), and where
 asked "reference" (lstm_fused.reference.lstm_reference) and "flashrnn" (GPU). A contender that cannot run a case
 is left out with its reason in `skipped` (printed and written to the JSON by the caller).
 Model rows (benchmarks/models.py) keep the two names: "nn.LSTM" is then the model as written, with
@@ -33,23 +34,20 @@ class Contenders:
 
 
 def lstm_kwargs(case: Case) -> dict:
-    return dict(
-        input_size=case.I,
-        hidden_size=case.H,
-        num_layers=case.layers,
-        bidirectional=case.bidirectional,
-        proj_size=case.proj,
-    )
+    kw = dict(input_size=case.I, hidden_size=case.H, num_layers=case.layers, bidirectional=case.bidirectional)
+    return kw if case.cell == "gru" else dict(kw, proj_size=case.proj)
 
 
 def make_pair(case: Case, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """(torch.nn.LSTM, lstm_fused.LSTM) holding the same weights, in the case's dtype and mode."""
+    """(torch.nn.LSTM, lstm_fused.LSTM), or the GRUs, holding the same weights, in the case's dtype
+    and mode."""
     import lstm_fused
 
     dtype = getattr(torch, case.dtype)
     torch.manual_seed(0)
-    ref = nn.LSTM(**lstm_kwargs(case)).to(device=device, dtype=dtype)
-    ours = lstm_fused.LSTM(**lstm_kwargs(case), device=device, dtype=dtype)
+    torch_cls, ours_cls = (nn.GRU, lstm_fused.GRU) if case.cell == "gru" else (nn.LSTM, lstm_fused.LSTM)
+    ref = torch_cls(**lstm_kwargs(case)).to(device=device, dtype=dtype)
+    ours = ours_cls(**lstm_kwargs(case), device=device, dtype=dtype)
     ours.load_state_dict(ref.state_dict())
     ref.train(case.training)
     ours.train(case.training)
@@ -99,10 +97,9 @@ def _stream_fn(model: nn.Module, case: Case, device: torch.device) -> Callable[[
     g = torch.Generator().manual_seed(2)
     xs = [torch.randn(1, case.B, case.I, generator=g).to(device, dtype) for _ in range(case.stream_calls)]
     n = case.layers * case.directions
-    state0 = (
-        torch.zeros(n, case.B, case.P, device=device, dtype=dtype),
-        torch.zeros(n, case.B, case.H, device=device, dtype=dtype),
-    )
+    state0 = torch.zeros(n, case.B, case.P, device=device, dtype=dtype)
+    if case.cell == "lstm":
+        state0 = (state0, torch.zeros(n, case.B, case.H, device=device, dtype=dtype))
 
     mode = torch.no_grad if case.no_grad else torch.inference_mode
 

@@ -7,7 +7,7 @@ forecast  DeepAR-style training step: static covariates -> a small net -> (h0, c
           from the encoder's state; Linear head, MSE, Adam. One call = forward + backward + step.
 seq2seq   greedy decoding in inference mode: an LSTM encodes the source once (outside the timing);
           the timed unit is the decode loop, `steps` times embedding -> LSTMCell -> Linear ->
-          argmax, which is where a decoder spends its time.
+          argmax, which is where a decoder spends its time. With cell="gru", a GRU and a GRUCell.
 tagger    Embedding -> bidirectional LSTM over unsorted packed sentences -> Linear tag head:
           argmax tags in inference mode, or cross-entropy + SGD step when training.
 
@@ -41,7 +41,7 @@ from .contenders import OURS, TORCH, Contenders
 TOL = 1e-5  # fp32: both sides accumulate the same sums in a different order
 # torch's own LSTM kernels; the converted model's step must call none of them.
 TORCH_RNN_OPS = ("aten::lstm", "aten::lstm_cell", "aten::_thnn_fused_lstm_cell", "aten::mkldnn_rnn_layer",
-                 "aten::_cudnn_rnn")
+                 "aten::_cudnn_rnn", "aten::gru", "aten::gru_cell", "aten::_thnn_fused_gru_cell")
 
 
 class ModelMismatch(RuntimeError):
@@ -133,22 +133,28 @@ class Seq2Seq(nn.Module):
     def __init__(self, case: ModelCase):
         super().__init__()
         H, V = case.H, case.vocab
+        self.gru = case.cell == "gru"
         self.src_embed = nn.Embedding(V, H)
-        self.encoder = nn.LSTM(H, H)
+        self.encoder = nn.GRU(H, H) if self.gru else nn.LSTM(H, H)
         self.tgt_embed = nn.Embedding(V, H)
-        self.cell = nn.LSTMCell(H, H)
+        self.cell = nn.GRUCell(H, H) if self.gru else nn.LSTMCell(H, H)
         self.head = nn.Linear(H, V)
 
     def encode(self, src: torch.Tensor):
-        _, (h, c) = self.encoder(self.src_embed(src))
-        return h[-1], c[-1]
+        _, state = self.encoder(self.src_embed(src))
+        if self.gru:  # c is h, so that both cells have the same outputs to compare
+            return state[-1], state[-1]
+        return state[0][-1], state[1][-1]
 
     def greedy(self, state, steps: int, keep_logits: bool = False):
         h, c = state
         token = torch.full((h.size(0),), self.BOS, dtype=torch.long, device=h.device)
         tokens, logits = [], []
         for _ in range(steps):
-            h, c = self.cell(self.tgt_embed(token), (h, c))
+            if self.gru:
+                h = c = self.cell(self.tgt_embed(token), h)
+            else:
+                h, c = self.cell(self.tgt_embed(token), (h, c))
             scores = self.head(h)
             token = scores.argmax(-1)
             tokens.append(token)
@@ -344,14 +350,14 @@ def _timed_unit(model: nn.Module, case: ModelCase, batch: dict) -> Callable[[], 
 
 TIMED_UNIT = {
     "forecast": "forward + backward + Adam step",
-    "seq2seq": "greedy decode loop (embedding, LSTMCell, Linear head, argmax per step) from the "
+    "seq2seq": "greedy decode loop (embedding, LSTMCell or GRUCell, Linear head, argmax per step) from the "
                "encoder's state; the encoder runs once, untimed",
     "tagger": "forward (argmax tags) in inference mode / forward + cross-entropy + backward + SGD step",
 }
 
 
 def _is_recurrent(m: nn.Module) -> bool:
-    return isinstance(m, (nn.LSTM, nn.LSTMCell)) or type(m).__module__.startswith("lstm_fused")
+    return isinstance(m, (nn.LSTM, nn.LSTMCell, nn.GRU, nn.GRUCell)) or type(m).__module__.startswith("lstm_fused")
 
 
 def _class_name(m: nn.Module) -> str:

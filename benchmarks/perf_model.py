@@ -22,6 +22,10 @@ def _acc_size(dtype: str) -> int:
     return 4 if dtype in ("float16", "bfloat16") else ELEMENT_SIZE[dtype]
 
 
+def _gates(case: Case) -> int:
+    return 3 if case.cell == "gru" else 4
+
+
 def _layer_inputs(case: Case) -> list[int]:
     return [case.I] + [case.directions * case.P] * (case.layers - 1)
 
@@ -30,7 +34,7 @@ def flops(case: Case) -> float:
     H, P, D = case.H, case.P, case.directions
     total = 0.0
     for i_l in _layer_inputs(case):
-        per_dir = 2.0 * case.rows * 4 * H * (i_l + P)
+        per_dir = 2.0 * case.rows * _gates(case) * H * (i_l + P)
         if case.proj:
             per_dir += 2.0 * case.rows * H * P
         total += D * per_dir
@@ -39,7 +43,8 @@ def flops(case: Case) -> float:
 
 def _weight_bytes(case: Case, i_l: int, es: int) -> int:
     H, P = case.H, case.P
-    n = 4 * H * i_l + 4 * H * P + 8 * H + (P * H if case.proj else 0)
+    g = _gates(case)
+    n = g * H * i_l + g * H * P + 2 * g * H + (P * H if case.proj else 0)
     return case.directions * n * es
 
 
@@ -52,11 +57,12 @@ def _one_call_bytes(case: Case, rows: int, steps: int) -> tuple[float, float]:
         w = _weight_bytes(case, i_l, es)
         x = rows * i_l * es
         y = rows * D * P * es
-        states = 2 * D * B * (P + H) * es  # read h0, c0; write h_n, c_n
+        # read h0, c0; write h_n, c_n (a GRU: h alone)
+        states = 2 * D * B * (P + (H if case.cell == "lstm" else 0)) * es
         layer = x + w + y + states
-        w_hh_step = D * 4 * H * P * es
+        w_hh_step = D * _gates(case) * H * P * es
         if case.training:
-            saved = D * rows * 5 * H * acc
+            saved = D * rows * (_gates(case) + 1) * H * acc  # the gates and c (a GRU: h W_hn^T + b_hn)
             layer += 2 * saved + y + x + y + w + x + w  # grad_y, x, y, W again; dx, dW
             extra = 2 * max(steps - 1, 0) * w_hh_step
         else:

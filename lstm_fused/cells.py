@@ -1,9 +1,11 @@
-"""lstm_fused.LSTMCell: torch.nn.LSTMCell's contract, one step through one lstm_fused::forward call.
+"""lstm_fused.LSTMCell and lstm_fused.GRUCell: torch.nn.LSTMCell's and torch.nn.GRUCell's
+contracts, one step through one call of the fused op (lstm_fused::forward, lstm_fused::gru_forward).
 
-A subclass of torch.nn.LSTMCell (Dynamo traces cells, unlike torch's RNN modules), so the
+Subclasses of torch's cells (Dynamo traces cells, unlike torch's RNN modules), so the
 constructor, parameters, init, extra_repr and state_dict are torch's own, and code that checks
-isinstance(m, nn.LSTMCell) keeps working. Only forward differs: a decoder steps a cell once per
-token, so the call path is kept short (the checks read each attribute once).
+isinstance(m, nn.LSTMCell) or isinstance(m, nn.GRUCell) keeps working. Only forward differs: a
+decoder steps a cell once per token, so the call path is kept short (the checks read each
+attribute once).
 """
 import torch
 from torch import nn
@@ -78,3 +80,35 @@ def _dtype_name(dtype):
     # ATen's names in its messages: Float, Double, BFloat16, Half.
     return {torch.float32: "Float", torch.float64: "Double", torch.bfloat16: "BFloat16",
             torch.float16: "Half"}.get(dtype, str(dtype))
+
+
+class GRUCell(nn.GRUCell):
+    """A drop-in torch.nn.GRUCell whose step runs lstm_fused's fused kernel (a layer with T = 1)."""
+
+    def forward(self, input, hx=None):
+        dim = input.dim()
+        if dim not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {dim}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        batched = dim == 2
+        if not batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            h = input.new_zeros(input.shape[0], self.hidden_size)
+        else:
+            h = hx if batched else hx.unsqueeze(0)
+        w_ih, w_hh = self.weight_ih, self.weight_hh
+        b_ih, b_hh = self.bias_ih, self.bias_hh
+        shape = input.shape
+        if (input.dtype == h.dtype == w_ih.dtype and shape[1] == self.input_size
+                and h.shape == (shape[0], self.hidden_size)):
+            h = functional.gru_cell(input, h, w_ih, w_hh, b_ih, b_hh)
+        else:
+            # What the fused step does not take goes to torch's own op, which answers as
+            # torch.nn.GRUCell does: its error for a bad size or dtype, or, under CPU autocast,
+            # which makes mixed dtypes legal, its products in the autocast dtype promoted with h.
+            # (With everything in one dtype, torch's result under CPU autocast has that dtype too;
+            # the fused step computes it in that dtype.)
+            h = _export.gru_cell(input, h, w_ih, w_hh, b_ih, b_hh)
+        return h if batched else h.squeeze(0)

@@ -1,20 +1,22 @@
-"""convert() and revert(): torch's LSTM modules inside a model swapped for lstm_fused's, and back.
+"""convert() and revert(): torch's LSTM and GRU modules inside a model swapped for lstm_fused's, and back.
 
-- A torch.nn.LSTM becomes an lstm_fused.LSTM holding the same Parameter objects (and hooks).
-- A torch.nn.LSTMCell becomes an lstm_fused.LSTMCell in place: that class derives from it.
-- A subclass of either (as forecasting libraries write them: a forward(x, hx, lengths=...) that
-  packs and calls super().forward) stays the same object, an instance of its own class: convert
-  gives it a class derived from that class and from a fused mixin. The C3 order puts the mixin
-  between the user's class and torch's, so the user's super().forward reaches the fused forward,
-  and every other method, attribute, buffer and hook is the user's. Such an instance pickles
-  (torch.save, copy.deepcopy) as its original class plus a mark to convert again on load.
+- A torch.nn.LSTM (torch.nn.GRU) becomes an lstm_fused.LSTM (lstm_fused.GRU) holding the same
+  Parameter objects (and hooks).
+- A torch.nn.LSTMCell (torch.nn.GRUCell) becomes an lstm_fused.LSTMCell (lstm_fused.GRUCell) in
+  place: that class derives from it.
+- A subclass of any of them (as forecasting libraries write them: a forward(x, hx, lengths=...)
+  that packs and calls super().forward) stays the same object, an instance of its own class:
+  convert gives it a class derived from that class and from a fused mixin. The C3 order puts the
+  mixin between the user's class and torch's, so the user's super().forward reaches the fused
+  forward, and every other method, attribute, buffer and hook is the user's. Such an instance
+  pickles (torch.save, copy.deepcopy) as its original class plus a mark to convert again on load.
 """
 import functools
 
 from torch import nn
 
-from .cells import LSTMCell
-from .modules import LSTM, LSTMForward
+from .cells import GRUCell, LSTMCell
+from .modules import GRU, LSTM, GRUForward, LSTMForward
 
 # Module state that holds hooks: kept when a module is rebuilt as another class.
 _HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
@@ -27,9 +29,22 @@ class FusedLSTMMixin(LSTMForward, nn.LSTM):
     torch.nn.LSTM's in the method order."""
 
 
+class FusedGRUMixin(GRUForward, nn.GRU):
+    """What convert() puts under a subclass of torch.nn.GRU: lstm_fused's forward, ahead of
+    torch.nn.GRU's in the method order."""
+
+
+# torch's module -> (lstm_fused's module, the mixin for subclasses, the fused forward).
+_MODULES = {nn.LSTM: (LSTM, FusedLSTMMixin, LSTMForward), nn.GRU: (GRU, FusedGRUMixin, GRUForward)}
+# torch's cell -> lstm_fused's, which derives from it (and is the mixin for subclasses).
+_CELLS = {nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell}
+_FUSED = (LSTM, GRU, LSTMCell, GRUCell, FusedLSTMMixin, FusedGRUMixin)
+
+
 def convert(model):
-    """Swaps every torch.nn.LSTM and torch.nn.LSTMCell inside ``model`` (or ``model`` itself) for
-    lstm_fused's, and gives subclasses of them lstm_fused's forward (see the module docstring).
+    """Swaps every torch.nn.LSTM, torch.nn.GRU, torch.nn.LSTMCell and torch.nn.GRUCell inside
+    ``model`` (or ``model`` itself) for lstm_fused's, and gives subclasses of them lstm_fused's
+    forward (see the module docstring).
 
     The same Parameter objects stay in the model (values, dtype, device, requires_grad; optimizers
     that hold them keep working), with the same training flag and hooks. Returns the model.
@@ -56,42 +71,58 @@ def _convert_one(m):
     """The converted module, or None where m is not one of torch's (m's children are then visited).
     A converted subclass instance is returned too, after its own children are converted."""
     cls = type(m)
-    if cls is nn.LSTM:
-        return _rebuild(m, LSTM(m.input_size, m.hidden_size, m.num_layers, m.bias, m.batch_first, m.dropout,
-                                m.bidirectional, m.proj_size, device="meta"))
-    if cls is nn.LSTMCell:
-        m.__class__ = LSTMCell
+    if cls in _MODULES:
+        return _rebuild(m, _rebuilt_as(_MODULES[cls][0], m))
+    if cls in _CELLS:
+        m.__class__ = _CELLS[cls]
         return m
-    if isinstance(m, (LSTM, LSTMCell, FusedLSTMMixin)):  # lstm_fused's already
+    if isinstance(m, _FUSED):  # lstm_fused's already
         return m
-    if isinstance(m, (nn.LSTM, nn.LSTMCell)):
-        if isinstance(m, nn.LSTM):
-            _route_direct_calls()
-        m.__class__ = _converted_class(cls)
-        for name, child in m.named_children():
-            setattr(m, name, convert(child))
-        return m
-    return None
+    base = _torch_base(cls)
+    if base is None:
+        return None
+    if base in _MODULES:
+        _route_direct_calls(base)
+    m.__class__ = _converted_class(cls)
+    for name, child in m.named_children():
+        setattr(m, name, convert(child))
+    return m
 
 
 def _revert_one(m):
     cls = type(m)
-    if cls is LSTM:
-        return _rebuild(m, nn.LSTM(m.input_size, m.hidden_size, m.num_layers, m.bias, m.batch_first, m.dropout,
-                                   m.bidirectional, m.proj_size, device="meta"))
-    if cls is LSTMCell:
-        m.__class__ = nn.LSTMCell
-        return m
+    for torch_cls, (fused, _, _) in _MODULES.items():
+        if cls is fused:
+            return _rebuild(m, _rebuilt_as(torch_cls, m))
+    for torch_cls, fused in _CELLS.items():
+        if cls is fused:
+            m.__class__ = torch_cls
+            return m
     original = cls.__dict__.get("_lstm_fused_original")
     if original is None:
         return None
     m.__class__ = original
     m.__dict__.pop("_weight_names", None)
-    if isinstance(m, nn.LSTM):
+    if isinstance(m, nn.RNNBase):
         m._init_flat_weights()
     for name, child in m.named_children():
         setattr(m, name, revert(child))
     return m
+
+
+def _torch_base(cls):
+    """Which of torch's modules and cells ``cls`` derives from, or None."""
+    for torch_cls in (*_MODULES, *_CELLS):
+        if issubclass(cls, torch_cls):
+            return torch_cls
+    return None
+
+
+def _rebuilt_as(new_cls, m):
+    """A ``new_cls`` with m's options, on the meta device (its parameters are about to be m's)."""
+    extra = {"proj_size": m.proj_size} if m.mode == "LSTM" else {}
+    return new_cls(m.input_size, m.hidden_size, m.num_layers, m.bias, m.batch_first, m.dropout, m.bidirectional,
+                   device="meta", **extra)
 
 
 def _rebuild(old, new):
@@ -101,7 +132,7 @@ def _rebuild(old, new):
     for key in _HOOK_DICTS:
         if key in old.__dict__:
             new.__dict__[key] = old.__dict__[key]
-    if isinstance(new, nn.LSTM):
+    if isinstance(new, nn.RNNBase):
         new._init_flat_weights()
         new.flatten_parameters()
     new.train(old.training)
@@ -110,9 +141,10 @@ def _rebuild(old, new):
 
 @functools.lru_cache(maxsize=None)
 def _converted_class(original):
-    """The class convert() gives an instance of ``original`` (a subclass of torch's LSTM or
-    LSTMCell): one per original class, named as it is."""
-    mixin = FusedLSTMMixin if issubclass(original, nn.LSTM) else LSTMCell
+    """The class convert() gives an instance of ``original`` (a subclass of one of torch's modules
+    or cells): one per original class, named as it is."""
+    base = _torch_base(original)
+    mixin = _MODULES[base][1] if base in _MODULES else _CELLS[base]
     return type(original.__name__, (original, mixin), {
         "__module__": original.__module__,
         "__qualname__": original.__qualname__,
@@ -137,20 +169,21 @@ def _load_converted(original):
     return cls.__new__(cls)
 
 
-def _route_direct_calls():
-    """Makes torch.nn.LSTM.forward(self, ...) called directly on a converted instance (as some
-    subclasses write their forward, rather than super().forward) run the fused forward too.
-    Installed once, at the first conversion of a subclass; for other modules torch's forward
-    runs as before, after one isinstance check."""
-    torch_forward = nn.LSTM.forward
+def _route_direct_calls(torch_cls):
+    """Makes torch_cls.forward(self, ...) (torch.nn.LSTM's or torch.nn.GRU's) called directly on a
+    converted instance (as some subclasses write their forward, rather than super().forward) run
+    the fused forward too. Installed once per class, at the first conversion of a subclass; for
+    other modules torch's forward runs as before, after one isinstance check."""
+    torch_forward = torch_cls.forward
     if getattr(torch_forward, "_lstm_fused_routed", False):
         return
+    _, mixin, fused = _MODULES[torch_cls]
 
     @functools.wraps(torch_forward)
     def forward(self, input, hx=None):
-        if isinstance(self, FusedLSTMMixin):
-            return LSTMForward.forward(self, input, hx)
+        if isinstance(self, mixin):
+            return fused.forward(self, input, hx)
         return torch_forward(self, input, hx)
 
     forward._lstm_fused_routed = True
-    nn.LSTM.forward = forward
+    torch_cls.forward = forward

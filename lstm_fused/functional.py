@@ -1,9 +1,10 @@
 """Everything above one layer: layers, directions, dropout between layers, packed batch_sizes.
 
 ``lstm`` runs a stack through one ``lstm_fused::forward`` op per layer and direction, and
-``lstm_cell`` one step of a cell through one such op with T = 1. They take time-major input and
-states already checked and ordered by the modules (modules.py, cells.py). While torch.onnx.export
-traces them they run torch's own ops instead (_export.py).
+``lstm_cell`` one step of a cell through one such op with T = 1; ``gru`` and ``gru_cell`` do the
+same with ``lstm_fused::gru_forward``. They take time-major input and states already checked and
+ordered by the modules (modules.py, cells.py). While torch.onnx.export traces them they run
+torch's own ops instead, and so does a GRU on CUDA tensors, which has no fused kernel (_export.py).
 """
 import torch
 import torch.autograd.forward_ad
@@ -24,16 +25,13 @@ def lstm(x, h0, c0, weights, num_layers, bidirectional, dropout, training, batch
     if _export.onnx_exporting():
         return _export.lstm(x, h0, c0, weights, num_layers, bidirectional, dropout, training, batch_sizes)
     D = 2 if bidirectional else 1
-    save = torch.is_grad_enabled() and (
-        x.requires_grad or h0.requires_grad or c0.requires_grad
-        or any(w is not None and w.requires_grad for ws in weights for w in ws)
-    )
+    save = _save((x, h0, c0), weights)
     if _below_autograd(save):
         with torch._C._AutoDispatchBelowAutograd():
-            return _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=True)
+            return _lstm_stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=True)
     # (Dynamo refuses torch.is_inference_mode_enabled: asked only in eager calls.)
     pair = not save and not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
-    return _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=pair)
+    return _lstm_stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=pair)
 
 
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
@@ -41,10 +39,7 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
     Returns (h', c'), each [B, H]: one ``lstm_fused::forward`` call with T = 1."""
     if _export.onnx_exporting():
         return _export.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
-    save = torch.is_grad_enabled() and (
-        x.requires_grad or h.requires_grad or c.requires_grad or w_ih.requires_grad or w_hh.requires_grad
-        or (b_ih is not None and b_ih.requires_grad) or (b_hh is not None and b_hh.requires_grad)
-    )
+    save = _save((x, h, c), ((w_ih, w_hh, b_ih, b_hh),))
     x = x.unsqueeze(0)
     if _below_autograd(save):
         with torch._C._AutoDispatchBelowAutograd():
@@ -52,6 +47,46 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
             return h, c
     _, h, c, _, _ = ops.call_forward(x, w_ih, w_hh, b_ih, b_hh, None, h, c, None, False, save)
     return h, c
+
+
+def gru(x, h0, weights, num_layers, bidirectional, dropout, training, batch_sizes=None):
+    """Runs a (possibly bidirectional) GRU stack.
+
+    x: [T, B, I] time-major, or [N, I] packed rows when batch_sizes ([T] int64 on the CPU) is given.
+    h0: [D*num_layers, B, H] (B = batch_sizes[0] when packed).
+    weights: per layer and direction (layer-major), (w_ih, w_hh, b_ih, b_hh), the biases possibly
+        None; gate order r, z, n as torch.nn.GRU's.
+    Returns y (x.shape[:-1] + [D*H]) and h_n [D*num_layers, B, H].
+    """
+    if x.is_cuda or _export.onnx_exporting():
+        return _export.gru(x, h0, weights, num_layers, bidirectional, dropout, training, batch_sizes)
+    D = 2 if bidirectional else 1
+    save = _save((x, h0), weights)
+    if _below_autograd(save):
+        with torch._C._AutoDispatchBelowAutograd():
+            return _gru_stack(x, h0, weights, num_layers, D, dropout, training, batch_sizes, save)
+    return _gru_stack(x, h0, weights, num_layers, D, dropout, training, batch_sizes, save)
+
+
+def gru_cell(x, h, w_ih, w_hh, b_ih, b_hh):
+    """One GRU step: x [B, I], h [B, H], w_ih [3H, I], w_hh [3H, H], biases [3H] or None.
+    Returns h' [B, H]: one ``lstm_fused::gru_forward`` call with T = 1."""
+    if x.is_cuda or _export.onnx_exporting():
+        return _export.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+    save = _save((x, h), ((w_ih, w_hh, b_ih, b_hh),))
+    x = x.unsqueeze(0)
+    if _below_autograd(save):
+        with torch._C._AutoDispatchBelowAutograd():
+            return ops.call_gru_forward(x, w_ih, w_hh, b_ih, b_hh, h, None, False, False)[1]
+    return ops.call_gru_forward(x, w_ih, w_hh, b_ih, b_hh, h, None, False, save)[1]
+
+
+def _save(states, weights):
+    """Whether the ops keep their activations for a backward: grad mode is on and an input, a
+    state or a weight requires grad."""
+    return torch.is_grad_enabled() and (
+        any(t.requires_grad for t in states)
+        or any(w is not None and w.requires_grad for ws in weights for w in ws))
 
 
 def _below_autograd(save):
@@ -64,33 +99,62 @@ def _below_autograd(save):
             and torch.autograd.forward_ad._current_level < 0)
 
 
-def _stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=False):
+def _lstm_stack(x, h0, c0, weights, num_layers, D, dropout, training, batch_sizes, save, pair=False):
     """pair: a bidirectional layer's two directions may run concurrently (ops.call_forward_pair);
     only for inference below the autograd layer or in inference mode, so that the second thread
     runs no Python."""
     if num_layers == 1 and D == 1:  # the common case, without the loops (streaming calls are short)
         return ops.call_forward_layer(x, *weights[0], h0, c0, batch_sizes, save)
-    h_n, c_n = [], []
+
+    def direction(x, k, reverse):
+        return ops.call_forward(x, *weights[k], h0[k], c0[k], batch_sizes, reverse, save)[:3]
+
+    def both_directions(x, k):
+        fwd, rev = ops.call_forward_pair(x, batch_sizes, save, (*weights[k], h0[k], c0[k]),
+                                         (*weights[k + 1], h0[k + 1], c0[k + 1]))
+        return fwd[:3], rev[:3]
+
+    y, finals = _layers(x, num_layers, D, dropout, training, direction, both_directions if pair else None)
+    h_n, c_n = _stacked(finals)
+    return y, h_n, c_n
+
+
+def _gru_stack(x, h0, weights, num_layers, D, dropout, training, batch_sizes, save):
+    if num_layers == 1 and D == 1:  # as _lstm_stack: one crossing for the common, streaming case
+        return ops.call_gru_forward_layer(x, *weights[0], h0, batch_sizes, save)
+
+    def direction(x, k, reverse):
+        return ops.call_gru_forward(x, *weights[k], h0[k], batch_sizes, reverse, save)[:2]
+
+    y, finals = _layers(x, num_layers, D, dropout, training, direction)
+    (h_n,) = _stacked(finals)
+    return y, h_n
+
+
+def _layers(x, num_layers, D, dropout, training, direction, both_directions=None):
+    """The layer loop of either stack: dropout on the input of every layer but the first (in
+    training only, as torch's modules), the directions' outputs concatenated along features.
+
+    direction(x, k, reverse) runs layer and direction k = layer * D + d and returns (y, *states);
+    both_directions(x, k), where given, runs a bidirectional layer's two at once.
+    Returns the last layer's output and the final states of every layer and direction, in order.
+    """
+    finals = []
     for layer in range(num_layers):
         if layer > 0 and dropout > 0 and training:
             x = F.dropout(x, dropout, training=True)
-        if D == 2 and pair:
-            k = layer * D
-            fwd, rev = ops.call_forward_pair(x, batch_sizes, save, (*weights[k], h0[k], c0[k]),
-                                             (*weights[k + 1], h0[k + 1], c0[k + 1]))
-            h_n += [fwd[1], rev[1]]
-            c_n += [fwd[2], rev[2]]
-            x = torch.cat((fwd[0], rev[0]), dim=-1)
-            continue
-        outs = []
-        for d in range(D):
-            k = layer * D + d
-            w_ih, w_hh, b_ih, b_hh, w_hr = weights[k]
-            y, h, c, _, _ = ops.call_forward(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0[k], c0[k], batch_sizes, d == 1, save)
-            outs.append(y)
-            h_n.append(h)
-            c_n.append(c)
-        x = torch.cat(outs, dim=-1) if D == 2 else outs[0]
-    if len(h_n) == 1:
-        return x, h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
-    return x, torch.stack(h_n), torch.stack(c_n)
+        k = layer * D
+        if D == 2 and both_directions is not None:
+            outs = both_directions(x, k)
+        else:
+            outs = [direction(x, k + d, d == 1) for d in range(D)]
+        finals += [out[1:] for out in outs]
+        x = torch.cat([out[0] for out in outs], dim=-1) if D == 2 else outs[0][0]
+    return x, finals
+
+
+def _stacked(finals):
+    """Each kind of final state of every layer and direction, stacked: [D*num_layers, B, *]."""
+    if len(finals) == 1:
+        return tuple(s.unsqueeze(0) for s in finals[0])
+    return tuple(torch.stack(states) for states in zip(*finals))

@@ -58,6 +58,17 @@ def call_forward_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, sav
     return _forward_layer_unboxed(x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0, batch_sizes, save)
 
 
+_gru_forward_layer_unboxed = _C.gru_forward_layer_unboxed
+
+
+def call_gru_forward_layer(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, save):
+    """call_forward_layer for a GRU: (y, h_n), h0 and h_n with their layer dim ([1, B, H])."""
+    if _python_op_only((x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes)):
+        y, h, _, _ = gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0[0], batch_sizes, False, save)
+        return y, h.unsqueeze(0)
+    return _gru_forward_layer_unboxed(x, w_ih, w_hh, b_ih, b_hh, h0, batch_sizes, save)
+
+
 _forward_pair_unboxed = _C.forward_pair_unboxed
 _len_dispatch_stack = torch._C._len_torch_dispatch_stack
 _tracing_state = torch._C._get_tracing_state

@@ -65,6 +65,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_layer_unboxed(
   return {std::move(std::get<0>(out)), std::get<1>(out).unsqueeze(0), std::get<2>(out).unsqueeze(0)};
 }
 
+// A GRU stack of one layer and one direction, as forward_layer_unboxed: h0 [1, B, H] selected and
+// h_n unsqueezed here.
+std::tuple<at::Tensor, at::Tensor> gru_forward_layer_unboxed(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, const at::Tensor& h0, const c10::optional<at::Tensor>& batch_sizes,
+    bool save) {
+  auto out = gru_forward_unboxed(x, w_ih, w_hh, b_ih, b_hh, h0.select(0, 0), batch_sizes, false, save);
+  return {std::move(std::get<0>(out)), std::get<1>(out).unsqueeze(0)};
+}
+
 // Whether a direction's W_hh (as the kernel packs it, in the accumulation dtype) takes at most
 // half of one core's L2: a direction alone on a core streams all of it every step, where two
 // threads splitting the steps each stream half. Measured on a Xeon with 2 MB of L2 per core, two
@@ -133,6 +143,9 @@ PYBIND11_MODULE(_C, m) {
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("forward_layer_unboxed", &forward_layer_unboxed,
         "A one-layer, one-direction stack's lstm_fused::forward call, h0 / c0 and h_n / c_n with their layer dim",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("gru_forward_layer_unboxed", &gru_forward_layer_unboxed,
+        "A one-layer, one-direction GRU stack's lstm_fused::gru_forward call, h0 and h_n with their layer dim",
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("forward_pair_unboxed", &forward_pair_unboxed,
         "A bidirectional layer's two lstm_fused::forward calls, concurrently on two CPU threads",
