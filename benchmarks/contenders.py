@@ -6,7 +6,9 @@ timed unit: an inference forward (under torch.inference_mode), a training forwar
 every parameter, so nothing accumulates between calls), or a whole streaming loop of one-step calls
 carrying (h, c) (h for a GRU). Contenders: "lstm_fused" (ours), "nn.LSTM" (torch's module: oneDNN on
 CPU, cuDNN on GPU; torch.nn.GRU on the GRU's rows, which keep the name), and where
-asked "reference" (lstm_fused.reference.lstm_reference) and "flashrnn" (GPU). A contender that cannot run a case
+asked "reference" (lstm_fused.reference.lstm_reference) and "flashrnn" (GPU); on the CPU's fp32
+LSTM inference rows the serving contenders of benchmarks/serving.py (ONNX Runtime fp32 and int8,
+torch.ao int8). A contender that cannot run a case
 is left out with its reason in `skipped` (printed and written to the JSON by the caller).
 Model rows (benchmarks/models.py) keep the two names: "nn.LSTM" is then the model as written, with
 torch's modules, and "lstm_fused" the same model after lstm_fused.convert.
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from . import flashrnn_contender
+from . import flashrnn_contender, serving
 from .cases import Case
 
 OURS, TORCH, REFERENCE, FLASHRNN = "lstm_fused", "nn.LSTM", "reference", "flashrnn"
@@ -161,6 +163,10 @@ def build(case, device: torch.device, flashrnn_backend: str | None) -> Contender
 
     out.fns[OURS] = _unit_fn(ours, case, inp, grad_out, device)
     out.fns[TORCH] = _unit_fn(ref, case, inp, grad_out, device)
+
+    if not case.training:
+        serving.add(case, ref, device, out, None if case.stream_calls else inp,
+                    lambda m: _unit_fn(m, case, inp, grad_out, device))
 
     if case.reference:
         try:

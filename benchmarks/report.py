@@ -9,6 +9,7 @@ from typing import Optional, Union
 from . import perf_model
 from .cases import Case, ModelCase
 from .contenders import FLASHRNN, OURS, TORCH, Contenders
+from .serving import NAMES as SERVING
 from .timing import Timings
 
 
@@ -54,6 +55,9 @@ def case_result(case: Union[Case, ModelCase], key: str, timings: Optional[Timing
         res["speedup_flashrnn_over_nn.LSTM"] = c[TORCH]["median_ms"] / c[FLASHRNN]["median_ms"]
     if FLASHRNN in c and OURS in c:
         res["speedup_over_flashrnn"] = c[FLASHRNN]["median_ms"] / c[OURS]["median_ms"]
+    # t(contender) / t(lstm_fused) for every other contender (the serving ones, say): > 1 is ours faster.
+    if OURS in c:
+        res["ours_vs"] = {k: v["median_ms"] / c[OURS]["median_ms"] for k, v in c.items() if k not in (OURS, TORCH)}
     return res
 
 
@@ -93,16 +97,21 @@ def progress_line(i: int, n: int, res: dict) -> str:
         line += f"  {c[OURS]['gflops']:.1f} GFLOP/s ({_fmt(c[OURS]['pct_gemm'], '.0f')}%)"
     if res.get("noisy"):
         line += "  NOISY (spread > 20%)"
+    by_reason: dict[str, list[str]] = {}
     for name, why in res["skipped"].items():
-        line += f"\n        {name} not run: {why}"
+        by_reason.setdefault(why, []).append(name)
+    for why, names in by_reason.items():
+        line += f"\n        {', '.join(names)} not run: {why}"
     return line
 
 
 def table(results: list[dict]) -> str:
     has_flash = any(FLASHRNN in r["contenders"] for r in results)
+    serving = [n for n in SERVING if any(n in r["contenders"] for r in results)]
     cols = ["case", "thr", "ms ours", "ms torch", "speedup"]
     if has_flash:
         cols += ["ms flashrnn"]
+    cols += [f"vs {n}" for n in serving]
     cols += ["GFLOP/s", "%gemm", "GB/s", "%copy", "GB/s unf", "target"]
     rows = []
     for r in results:
@@ -115,6 +124,7 @@ def table(results: list[dict]) -> str:
             row[2] = "ERROR"
         if has_flash:
             row.append(_fmt(c.get(FLASHRNN, {}).get("median_ms"), ".3f"))
+        row += [_fmt(r.get("ours_vs", {}).get(n), ".2f") for n in serving]
         row += [_fmt(o.get("gflops"), ".1f"), _fmt(o.get("pct_gemm"), ".0f"),
                 _fmt(o.get("gbps"), ".1f"), _fmt(o.get("pct_copy"), ".0f"),
                 _fmt(o.get("gbps_unfused"), ".1f"), r["case"]["target"] or ""]
@@ -128,6 +138,9 @@ def table(results: list[dict]) -> str:
                                for i, (v, w) in enumerate(zip(row, widths))))
     lines.append("speedup = t(nn.LSTM)/t(lstm_fused), medians; '?' = noisy (a contender's IQR > 20% of "
                  "its median); GFLOP/s, GB/s: lstm_fused's; % of this run's measured GEMM / copy ceilings")
+    if serving:
+        lines.append("vs X = t(X)/t(lstm_fused) (> 1: lstm_fused faster); the serving contenders' output errors "
+                     "against torch.nn.LSTM are in the JSON's notes")
     if any(r["case"]["kind"] == "model" for r in results):
         lines.append("model rows: the whole step of the model as written (torch's modules) over the same "
                      "model after lstm_fused.convert; no rates (the LSTMs are a part of the step)")

@@ -5,7 +5,8 @@
 #   bash benchmarks/run.sh --quick         # smoke test
 #   bash benchmarks/run.sh --full          # the wide grid (long)
 #   bash benchmarks/run.sh --device cuda   # GPU grid against cuDNN (and FlashRNN if installed)
-# matplotlib is a benchmark-only dependency (for the PNG plot); the package itself does not need it.
+# matplotlib (the PNG plot), onnx and onnxruntime (ONNX Runtime as a CPU serving contender) are
+# benchmark-only dependencies; the package itself does not need them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,7 +15,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
     "$PY" -m pip install torch==2.13.0
 fi
 missing=()
-for mod in numpy ninja pybind11 matplotlib; do
+for mod in numpy ninja pybind11 matplotlib onnx onnxscript onnxruntime; do
     "$PY" -c "import $mod" 2>/dev/null || missing+=("$mod")
 done
 if [ ${#missing[@]} -gt 0 ]; then

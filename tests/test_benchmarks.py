@@ -39,6 +39,16 @@ def test_benchmark_quick_mode(tmp_path):
     assert results, "no benchmark cases ran"
     errors = [r for r in results if r.get("error")]
     assert not errors, errors
+    # ONNX Runtime (fp32, int8) and torch.ao's int8 time the fp32 LSTM inference rows, their
+    # errors against torch.nn.LSTM noted; other rows say why they are left out.
+    serving = [r for r in results if r["case"].get("cell", "lstm") == "lstm" and r["case"]["kind"] in ("dense", "stream")
+               and not r["case"]["training"] and r["case"]["dtype"] == "float32" and not r["case"]["proj"]]
+    assert serving
+    for r in serving:
+        for name in ("onnxruntime", "onnxruntime-int8", "torch.ao-int8"):
+            assert r["contenders"][name]["median_ms"] > 0 and r["ours_vs"][name] > 0
+            assert r["notes"][f"{name}_error"] < (1e-5 if name == "onnxruntime" else 0.5)
+    assert all("onnxruntime" in r["skipped"] for r in results if r["case"]["kind"] == "packed")
     model_rows = [r for r in results if r["case"]["kind"] == "model"]
     assert {r["case"]["model"] for r in model_rows} == set(cases.MODEL_NAMES)
     for r in model_rows:

@@ -64,6 +64,18 @@ LayerShape check_layer_args(const at::Tensor& x, const at::Tensor& w_ih, const a
 // to pay for waking the team.
 int threads_for(int64_t T, int64_t rows, int64_t G, int64_t P);
 
+// The sizes, layout and threads of ForwardParams / BackwardParams from the checked shape.
+template <typename Params>
+void set_layer(Params& p, const LayerShape& s, const at::Tensor& batch_sizes, bool reverse, int threads) {
+  p.T = s.T;
+  p.B = s.B;
+  p.H = s.H;
+  p.P = s.P;
+  p.batch_sizes = batch_sizes.defined() ? batch_sizes.const_data_ptr<int64_t>() : nullptr;
+  p.reverse = reverse;
+  p.num_threads = threads;
+}
+
 void check_backward_args(const at::Tensor& grad_y, const at::Tensor& grad_hn,
                          const at::Tensor& grad_cn, const at::Tensor& y, const at::Tensor& gates,
                          const at::Tensor& cells, const LayerShape& s);

@@ -29,9 +29,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
   // as the LSTM's does, which saves a GEMM call and a buffer per call. Otherwise x W_ih^T over
   // every row. The kernel reads b_ih and b_hh as they are (b_hn apart from b_in: r multiplies it).
   const bool fuse_input = !save && s.B <= 4 && s.T <= 4;
-  at::Tensor gates = fuse_input ? at::Tensor() : input_projection(x, w_ih, s, acc);
-  const at::Tensor xc = fuse_input ? x.contiguous() : at::Tensor();
-  const at::Tensor wihc = fuse_input ? w_ih.contiguous() : at::Tensor();
+  // fp32/fp64 on the register tiles where they take the input, as the LSTM's (tiles_take_input,
+  // with the LSTM's four gates of weights: a little on the safe side), from 4 rows: a GRU has no
+  // batch-1 lookahead, and a tile of one row would do one FMA per W_ih vector.
+  const int threads = threads_for(s.T, s.B, 3 * H, H);
+  const bool tile_input = !fuse_input && s.B >= 4 && x.scalar_type() == acc &&
+                          cpu::tiles_take_input(s.T, s.B, s.I, H, H, at::elementSize(acc), threads);
+  const bool kernel_input = fuse_input || tile_input;
+  at::Tensor gates = !kernel_input ? input_projection(x, w_ih, s, acc)
+                     : save        ? empty_reused({s.N, 3 * H}, acc_opts)
+                                   : at::Tensor();
+  const at::Tensor xc = kernel_input ? x.contiguous() : at::Tensor();
+  const at::Tensor wihc = kernel_input ? w_ih.contiguous() : at::Tensor();
   const at::Tensor bihc = b_ih ? b_ih->contiguous() : at::Tensor();
   const at::Tensor bhhc = b_hh ? b_hh->contiguous() : at::Tensor();
   at::Tensor y = empty_reused(output_sizes(x, H), x.options());
@@ -44,13 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
     using kscalar = typename KernelType<scalar_t>::type;
     using kacc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     ForwardParams<kscalar, kacc> p;
-    p.T = s.T;
-    p.B = s.B;
-    p.H = H;
-    p.P = H;
-    p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
-    p.reverse = reverse;
-    p.num_threads = threads_for(s.T, s.B, 3 * H, H);
+    set_layer(p, s, bs, reverse, threads);  // s.P == H: no projection
     p.gates = gates.defined() && gates.numel() ? gates.mutable_data_ptr<kacc>() : nullptr;
     p.x = kptr<scalar_t>(xc);
     p.w_ih = kptr<scalar_t>(wihc);
@@ -98,13 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     using kscalar = typename KernelType<scalar_t>::type;
     using kacc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     BackwardParams<kscalar, kacc> p;
-    p.T = s.T;
-    p.B = s.B;
-    p.H = H;
-    p.P = H;
-    p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
-    p.reverse = reverse;
-    p.num_threads = threads_for(s.T, s.B, 3 * H, H);
+    set_layer(p, s, bs, reverse, threads_for(s.T, s.B, 3 * H, H));  // s.P == H: no projection
     p.grad_y = kptr<scalar_t>(gy);
     p.grad_hn = kptr<scalar_t>(ghn);
     p.w_hh = kptr<scalar_t>(whh);

@@ -91,13 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_c
     using kscalar = typename KernelType<scalar_t>::type;
     using kacc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     ForwardParams<kscalar, kacc> p;
-    p.T = s.T;
-    p.B = s.B;
-    p.H = s.H;
-    p.P = s.P;
-    p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
-    p.reverse = reverse;
-    p.num_threads = threads;
+    set_layer(p, s, bs, reverse, threads);
     p.recurrent_in_gates = step_gemm;
     if (gates_lp) {
       p.gates_lp = kptr<scalar_t>(gates);
@@ -190,13 +184,7 @@ backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_hn, const at::Tens
     using kscalar = typename KernelType<scalar_t>::type;
     using kacc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     BackwardParams<kscalar, kacc> p;
-    p.T = s.T;
-    p.B = s.B;
-    p.H = s.H;
-    p.P = s.P;
-    p.batch_sizes = bs.defined() ? bs.const_data_ptr<int64_t>() : nullptr;
-    p.reverse = reverse;
-    p.num_threads = threads_for(s.T, s.B, 4 * s.H, s.P);
+    set_layer(p, s, bs, reverse, threads_for(s.T, s.B, 4 * s.H, s.P));
     p.grad_y = kptr<scalar_t>(gy);
     p.grad_hn = kptr<scalar_t>(ghn);
     p.grad_cn = kptr<scalar_t>(gcn);

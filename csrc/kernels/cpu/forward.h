@@ -1,8 +1,8 @@
 // The forward of one layer and direction (forward_loop, generic over the cell: LstmCell, GruCell):
 // picks the path, packs the weights, runs the step loop on the thread team over the tiles of
 // gate_tiles.h, gemv.h and bf16.h, and the projection after each step. The LSTM's bf16 dot-product
-// and AMX tiles, its lookahead at batch 1 and the input on the tiles are the LSTM's alone; a GRU
-// runs the small-batch path and the register tiles in acc_t (bf16 weights widened when packed).
+// and AMX tiles and its lookahead at batch 1 are the LSTM's alone; a GRU runs the small-batch path
+// and the register tiles in acc_t (bf16 weights widened when packed), the input on them too.
 // Part of the per-ISA CPU core (see lstm_cpu_impl.h), compiled in each lstm_cpu_<isa>.cpp.
 #pragma once
 
@@ -52,8 +52,8 @@ void forward_loop(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
   acc_t* const wp = !pack ? nullptr : kept ? kept_buffer<acc_t>(kept->w_hh, wp_size) : wp_own.get();
   const bool pack_whh = pack && !(kept && kept->w_hh.ready);
   // With x set on the tile path the tiles multiply x_t by W_ih^T too (packed as W_hh is).
-  const bool tile_input = Cell::kLstm && fp_tiles && p.x != nullptr;
-  Buffer<acc_t> wi = aligned_buffer<acc_t>(tile_input ? p.I * 4 * Hp : 0);
+  const bool tile_input = fp_tiles && p.x != nullptr;
+  Buffer<acc_t> wi = aligned_buffer<acc_t>(tile_input ? nblk * p.I * L::NRC : 0);
   Buffer<acc_t> wr_own = aligned_buffer<acc_t>(proj && !kept ? H * Pp : 0);
   acc_t* const wr = !proj ? nullptr : kept ? kept_buffer<acc_t>(kept->w_hr, H * Pp) : wr_own.get();
   const bool pack_whr = proj && !(kept && kept->w_hr.ready);
@@ -83,7 +83,7 @@ void forward_loop(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
   // Batch 1 with the input on the tiles: x W_ih^T a chunk of steps ahead (lookahead_tile). AVX-512
   // only (tiles_take_input never gives batch 1 the input with 16 registers): spelled out so that
   // the other copies do not compile the lookahead's 16-accumulator loops, dead and spilling there.
-  const bool lookahead = LSTM_VEC_BYTES >= 64 && tile_input && B == 1;
+  const bool lookahead = Cell::kLstm && LSTM_VEC_BYTES >= 64 && tile_input && B == 1;
   Buffer<acc_t> ring = aligned_buffer<acc_t>(lookahead ? 2 * Lookahead::S * nblk * NR : 0);
   const ForwardCtx<acc_t> ctx{H, P, G, Hp, proj, &steps, wp, wi.get(), ring.get(), cst.data(), hpre.data()};
   const int nt_req = std::max(1, std::min<int>(p.num_threads, static_cast<int>(nblk)));
@@ -95,7 +95,8 @@ void forward_loop(const ForwardParams<scalar_t, acc_t>& p, bool amx) {
     // Each thread packs the weights only it reads (its unit blocks, its projection columns): in
     // parallel, into its own cache, and with no barrier before the first step.
     if (pack_whh) pack_gate_weight(p.w_hh, H, P, ub0, ub1, wp, L::GS, L::NG);
-    if (tile_input) pack_gate_weight(p.w_ih, H, p.I, ub0, ub1, wi.get(), lookahead ? Lookahead::RV : Tl::GV);
+    if (tile_input && lookahead) pack_gate_weight(p.w_ih, H, p.I, ub0, ub1, wi.get(), Lookahead::RV);
+    if (tile_input && !lookahead) pack_gate_weight(p.w_ih, H, p.I, ub0, ub1, wi.get(), L::GS, L::NG);
     // The lookahead's x rows of the next chunk, transposed, this thread's copy.
     std::vector<acc_t> xt(lookahead ? p.I * Lookahead::S : 0);
     if (lookahead) lookahead_rows(p, ctx, 0, xt.data());

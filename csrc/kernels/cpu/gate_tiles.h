@@ -34,11 +34,19 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
       bias[g] = Cell::template bias<V>(p, g, j0, nu);
     }
   }
+  // With the input on the tiles, the apart gate (Cell::kApartGate) sums its input side first,
+  // from bias_x (a GRU's b_in), into xin; then its recurrent side from bias (b_hn).
+  constexpr int AG = Cell::kApartGate;
+  V bias_x{};
+  if constexpr (AG >= 0) {
+    if (x.wi && p.b_ih) bias_x = load_any_n<V>(p.b_ih + AG * x.H + j0, nu);
+  }
+  V xin[AG >= 0 ? MR : 1];
   V acc[MR][NG];
   for (int r = 0; r < MR; ++r) {
     arows[r] = hcur + (r0 + r) * x.P;
     if (x.wi) {
-      for (int g = 0; g < NG; ++g) acc[r][g] = bias[g];
+      for (int g = 0; g < NG; ++g) acc[r][g] = g == AG ? bias_x : bias[g];
       continue;
     }
     const acc_t* xg = p.gates + (row0 + r0 + r) * x.G + j0;
@@ -61,6 +69,12 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
         const acc_t* xrows[MR];
         for (int r = 0; r < MR; ++r) xrows[r] = p.x + (row0 + r0 + r) * p.I;
         mac_tile<MR, W, false, GS>(p.I, xrows, x.wi + blk * p.I * L::NRC + g0 * p.I * U, GS * U, part, GS * p.I * U);
+        if constexpr (AG >= g0 && AG < g0 + W) {
+          for (int r = 0; r < MR; ++r) {
+            xin[r] = part[r][AG - g0];
+            part[r][AG - g0] = bias[AG];
+          }
+        }
       }
     }
     if (!p.recurrent_in_gates)
@@ -68,7 +82,11 @@ inline void gate_tile(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<
     for (int r = 0; r < MR; ++r)
       for (int v = 0; v < W; ++v) acc[r][g0 + v] = part[r][v];
   });
-  for (int r = 0; r < MR; ++r) Cell::update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hcur, hnext, static_cast<const V*>(nullptr));
+  for (int r = 0; r < MR; ++r) {
+    const V* xr = nullptr;
+    if constexpr (AG >= 0) xr = x.wi ? &xin[r] : nullptr;
+    Cell::update(p, x, acc[r], r0 + r, row0 + r0 + r, j0, nu, t, hcur, hnext, xr);
+  }
 }
 
 // Batch 1 with the input on the tiles: x_t W_ih^T alone would be one FMA per W_ih vector read

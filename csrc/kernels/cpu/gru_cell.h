@@ -12,7 +12,7 @@ namespace cpu {
 namespace LSTM_ISA {
 
 // ForwardParams for a GRU: gates [N, 3H] holds x W_ih^T (the input projection, unless x is set:
-// the small-batch path then computes it), and b_ih and b_hh [3H] are read as they are (bias and
+// the small-batch path or the register tiles then compute it, n's input sum apart), and b_ih and b_hh [3H] are read as they are (bias and
 // bias_hn are not read: the tiles add the biases, which saves the caller the ops that would
 // combine them, a fifth of a streaming step); with save, gates is overwritten with r, z and n,
 // and cells [N, H] receives h W_hn^T + b_hn, which the backward needs for dr. No c0 / c_n, no
@@ -21,7 +21,8 @@ struct GruCell {
   static constexpr int kGates = 3;
   static constexpr bool kLstm = false;
   // The n gate's recurrent product: the tiles start it from b_hn and leave x W_in^T out of it.
-  static constexpr bool apart(int g) { return g == 2; }
+  static constexpr bool apart(int g) { return g == kApartGate; }
+  static constexpr int kApartGate = 2;
   // What gate g's sum starts from beside its products: b_i + b_h for r and z, b_hn for n.
   template <typename V, typename scalar_t, typename acc_t>
   static V bias(const ForwardParams<scalar_t, acc_t>& p, int g, int64_t j0, int nu) {

@@ -67,6 +67,7 @@ struct LstmCell {
   static constexpr int kGates = 4;
   static constexpr bool kLstm = true;
   static constexpr bool apart(int) { return false; }
+  static constexpr int kApartGate = -1;
   template <typename scalar_t, typename acc_t, typename V>
   __attribute__((always_inline)) static V update(const ForwardParams<scalar_t, acc_t>& p, const ForwardCtx<acc_t>& x,
                                                  const V (&pre)[4], int64_t b, int64_t row, int64_t j0, int nu,
