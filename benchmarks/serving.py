@@ -78,6 +78,10 @@ def _session(path: str):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
+    # ONNX Runtime's pool threads spin after each run by default, and the contenders run
+    # interleaved: the spinning took the cores from the next contender (lstm_fused's 2-thread rows
+    # 0.6-0.7x of their time alone, with spinning on; no JSON kept).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
