@@ -164,9 +164,8 @@ def build(case, device: torch.device, flashrnn_backend: str | None) -> Contender
     out.fns[OURS] = _unit_fn(ours, case, inp, grad_out, device)
     out.fns[TORCH] = _unit_fn(ref, case, inp, grad_out, device)
 
-    if not case.training:
-        serving.add(case, ref, device, out, None if case.stream_calls else inp,
-                    lambda m: _unit_fn(m, case, inp, grad_out, device))
+    serving.add(case, ref, device, out, None if case.stream_calls else inp,
+                lambda m: _unit_fn(m, case, inp, grad_out, device))
 
     if case.reference:
         try:

@@ -1,4 +1,4 @@
-"""Worker of test_ddp.py and test_gru_ddp.py: one rank of a 2-process gloo DistributedDataParallel
+"""Worker of test_ddp.py: one rank of a 2-process gloo DistributedDataParallel
 step, on a model holding an lstm_fused.LSTM or (kind="gru") an lstm_fused.GRU.
 
 Lives in its own module so that torch.multiprocessing's spawn can import it in the children.

@@ -1,14 +1,10 @@
 """The GRU's custom ops: lstm_fused::gru_forward against an explicit float64 loop of its contract,
-fp64 gradcheck, torch.library.opcheck on gru_forward and gru_backward, and every instruction-set
-copy of the CPU loops (LSTM_FUSED_CPU_ISA, one subprocess each) against torch's own GRU op."""
-import os
-import subprocess
-import sys
-
+fp64 gradcheck, torch.library.opcheck on gru_forward and gru_backward. (Every instruction-set copy
+of the CPU loops against torch's own GRU is in test_isa.py.)"""
 import pytest
 import torch
 
-import lstm_fused
+import lstm_fused  # noqa: F401  (loads the ops)
 from utils import rand_lengths
 
 fwd_op = torch.ops.lstm_fused.gru_forward
@@ -170,50 +166,3 @@ def test_gru_ops_refuse_bad_arguments(bad):
         return
     with pytest.raises(RuntimeError, match="lstm_fused"):
         fwd_op(x, w_ih, w_hh, b_ih, b_hh, h0, bs, rev, save)
-
-
-_ISA_SCRIPT = r"""
-import sys, warnings, torch, lstm_fused
-assert lstm_fused.cpu_isa() == sys.argv[1], (lstm_fused.cpu_isa(), sys.argv[1])
-from torch.nn.utils.rnn import pack_sequence
-torch.manual_seed(0)
-worst = 0.0
-for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-5)):
-    # T >= 16 packs W_hh for the register tiles (and the backward's column groups); short
-    # sequences of few rows, and one step of up to 32 rows, read W_hh in place.
-    for B, H, packed, T in ((1, 7, False, 6), (3, 20, True, 8), (9, 37, False, 6), (3, 21, False, 20),
-                            (19, 24, False, 16), (18, 13, True, 17), (1, 40, False, 24), (33, 16, False, 1)):
-        ref = torch.nn.GRU(11, H, num_layers=2, bidirectional=True, dtype=dtype)
-        ours = lstm_fused.GRU(11, H, num_layers=2, bidirectional=True, dtype=dtype)
-        ours.load_state_dict(ref.state_dict())
-        if packed:
-            seqs = [torch.randn(int(n), 11, dtype=dtype) for n in torch.randint(1, T + 1, (B,))]
-            inp = pack_sequence(seqs, enforce_sorted=False)
-        else:
-            inp = torch.randn(T, B, 11, dtype=dtype, requires_grad=True)
-        res = []
-        for m in (ref, ours):
-            y, h = m(inp)
-            y = y.data if packed else y
-            params = list(m.parameters()) + ([] if packed else [inp])
-            grads = torch.autograd.grad(y.square().sum() + h.sum(), params)
-            res.append([y, h, *grads])
-        err = max(((a - b).abs().max() / (b.abs().max() + 1)).item() for a, b in zip(*res))
-        assert err <= tol, (dtype, B, H, packed, T, err)
-        worst = max(worst, err)
-print("ok", worst)
-
-"""
-
-_ORDER = ["baseline", "avx2", "avx512", "amx"]
-# Every path this CPU can run ("amx" runs the AVX-512 loops for a GRU: its tiles are the LSTM's).
-_AVAILABLE = _ORDER[: _ORDER.index(lstm_fused.cpu_isa()) + 1]
-
-
-@pytest.mark.parametrize("isa", _AVAILABLE)
-def test_gru_each_isa_matches_torch(isa):
-    env = dict(os.environ, LSTM_FUSED_CPU_ISA=isa)
-    proc = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, isa], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("ok")

@@ -1,7 +1,8 @@
 """torch.onnx.export of converted models, with both exporters, run by a real ONNX Runtime.
 
-The exported graph must be the standard one (ONNX LSTM nodes, no lstm_fused op) and ONNX Runtime
-must reproduce the unconverted model's outputs on new batch sizes and sequence lengths.
+The exported graph must be the standard one (ONNX LSTM or GRU nodes, no lstm_fused op) and ONNX
+Runtime must reproduce the unconverted model's outputs on new batch sizes and (with the TorchScript-
+based exporter, and the dynamo one for a GRU's) new sequence lengths.
 """
 import copy
 import warnings
@@ -11,35 +12,41 @@ import torch
 from torch import nn
 
 import lstm_fused
+from utils import CELL_NAMES, CELLS
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (.ci/run installs it)")
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (.ci/run installs it)")
 
 
 class Tagger(nn.Module):
-    def __init__(self, with_state, **lstm_kwargs):
+    def __init__(self, cell, with_state, **rnn_kwargs):
         super().__init__()
+        self.kind = cell
         self.with_state = with_state
         self.inp = nn.Linear(6, 8)
-        self.rnn = nn.LSTM(8, 10, **lstm_kwargs)
+        self.rnn = CELLS[cell].torch_rnn(8, 10, **rnn_kwargs)
         self.out = nn.Linear(10 * (2 if self.rnn.bidirectional else 1), 3)
 
     def forward(self, x, h0=None, c0=None):
-        hx = (h0, c0) if self.with_state else None
-        y, (h, c) = self.rnn(torch.tanh(self.inp(x)), hx)
-        return self.out(y), h, c
+        """c0: an LSTM's (a GRU's state is h0 alone); returns the outputs and the final states."""
+        lstm = self.kind == "lstm"
+        hx = ((h0, c0) if lstm else h0) if self.with_state else None
+        y, state = self.rnn(torch.tanh(self.inp(x)), hx)
+        return self.out(y), *(state if lstm else (state,))
 
 
 class CellDecoder(nn.Module):
-    def __init__(self):
+    def __init__(self, cell):
         super().__init__()
-        self.cell = nn.LSTMCell(6, 8)
+        self.kind = cell
+        self.cell = CELLS[cell].torch_cell(6, 8)
         self.head = nn.Linear(8, 6)
 
-    def forward(self, x, h0, c0):
-        h, c = self.cell(x, (h0, c0))
-        h, c = self.cell(torch.tanh(self.head(h)), (h, c))
-        return self.head(h), c
+    def forward(self, x, h0, c0=None):
+        lstm = self.kind == "lstm"
+        state = self.cell(x, (h0, c0) if lstm else h0)
+        state = self.cell(torch.tanh(self.head(state[0] if lstm else state)), state)
+        return (self.head(state[0]), state[1]) if lstm else (self.head(state), state)
 
 
 CONFIGS = {
@@ -51,32 +58,35 @@ CONFIGS = {
 }
 
 
+def _state_names(model):
+    return ["h0", "c0"][:CELLS[model.kind].n_states]
+
+
 def _inputs(model, B, T, seed):
     gen = torch.Generator().manual_seed(seed)
+    names = _state_names(model)
     if isinstance(model, CellDecoder):
-        return tuple(torch.randn(B, n, generator=gen) for n in (6, 8, 8))
+        return torch.randn(B, 6, generator=gen), *(torch.randn(B, 8, generator=gen) for _ in names)
     rnn = model.rnn
     x = torch.randn(*((B, T) if rnn.batch_first else (T, B)), 6, generator=gen)
     if not model.with_state:
         return (x,)
     layers = rnn.num_layers * (2 if rnn.bidirectional else 1)
-    return x, torch.randn(layers, B, 10, generator=gen), torch.randn(layers, B, 10, generator=gen)
+    return x, *(torch.randn(layers, B, 10, generator=gen) for _ in names)
 
 
-def _dims(model, inputs):
+def _axes(model, names):
     """Batch and time as dynamic axes: {input name: {axis: name}}."""
     if isinstance(model, CellDecoder):
-        return {name: {0: "batch"} for name in ("x", "h0", "c0")}
-    bt = {0: "batch", 1: "time"} if model.rnn.batch_first else {0: "time", 1: "batch"}
-    axes = {"x": bt}
-    if len(inputs) == 3:
-        axes.update(h0={1: "batch"}, c0={1: "batch"})
-    return axes
+        return {name: {0: "batch"} for name in names}
+    axes = {"x": {0: "batch", 1: "time"} if model.rnn.batch_first else {0: "time", 1: "batch"},
+            "h0": {1: "batch"}, "c0": {1: "batch"}}
+    return {name: axes[name] for name in names}
 
 
 def _export(model, inputs, path, dynamo):
-    names = ["x", "h0", "c0"][:len(inputs)]
-    axes = _dims(model, inputs)
+    names = (["x"] + _state_names(model))[:len(inputs)]
+    axes = _axes(model, names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
@@ -89,19 +99,29 @@ def _export(model, inputs, path, dynamo):
 
 
 def _check(torch_model, dynamo, tmp_path):
+    cell = CELLS[torch_model.kind]
     torch_model.eval()
     fused = lstm_fused.convert(copy.deepcopy(torch_model))
-    assert any(isinstance(m, (lstm_fused.LSTM, lstm_fused.LSTMCell)) for m in fused.modules())
+    assert any(isinstance(m, (cell.fused_rnn, cell.fused_cell)) for m in fused.modules())
     path = str(tmp_path / "model.onnx")
     names = _export(fused, _inputs(fused, 3, 5, seed=0), path, dynamo)
     ops = {node.op_type for node in onnx.load(path).graph.node}
-    assert not any("lstm_fused" in op for op in ops)
+    assert not any("lstm_fused" in op for op in ops), ops
     if not isinstance(torch_model, CellDecoder):
-        assert "LSTM" in ops, ops
+        assert cell.name.upper() in ops, ops
     runner = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    # torch's own LSTM export through the dynamo exporter fixes the sequence length at the
-    # example's (it does so for torch.nn.LSTM alike); the TorchScript exporter keeps both dynamic.
-    shapes = [(4, 5), (1, 5)] if dynamo else [(4, 9), (1, 2)]
+    # The TorchScript-based exporter keeps batch and time dynamic. The dynamo exporter's translation
+    # of torch's own LSTM and GRU (torch.nn's alike) fixes the sequence length at the example's (a
+    # Reshape holds it, even where the input declares time dynamic), and in a process's first GRU
+    # export the batch too: there new batch sizes are tried where the graph's input declares them.
+    x_shape = next(i.shape for i in runner.get_inputs() if i.name == "x")
+    print("x in the graph:", x_shape)
+    if dynamo:
+        assert "batch" in x_shape or cell.name == "gru", x_shape
+        shapes = [(3, 5)] + ([(4, 5), (1, 5)] if "batch" in x_shape else [])
+    else:
+        assert "batch" in x_shape and ("time" in x_shape or isinstance(torch_model, CellDecoder)), x_shape
+        shapes = [(4, 9), (1, 2)]
     for seed, (B, T) in enumerate(shapes, start=1):
         inputs = _inputs(fused, B, T, seed)
         got = runner.run(None, {n: t.numpy() for n, t in zip(names, inputs)})
@@ -109,22 +129,29 @@ def _check(torch_model, dynamo, tmp_path):
             expected = torch_model(*inputs)
         assert len(got) == len(expected)
         for g, e in zip(got, expected):
-            err = (torch.from_numpy(g) - e).abs().max().item()
-            print(f"B={B} T={T} max abs err {err:.3e}")
+            print(f"B={B} T={T} max abs err {(torch.from_numpy(g) - e).abs().max().item():.3e}")
             torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-@pytest.mark.parametrize("config", sorted(CONFIGS))
-def test_lstm_export_runs_in_onnxruntime(config, dynamo, tmp_path):
-    torch.manual_seed(0)
-    _check(Tagger(**CONFIGS[config]), dynamo, tmp_path)
+# Every configuration through both exporters for an LSTM; a GRU's through the TorchScript-based one,
+# the dynamo exporter (several seconds an export) on the two that cross the most options.
+EXPORTS = ([("lstm", config, dynamo) for dynamo in (False, True) for config in sorted(CONFIGS)]
+           + [("gru", config, False) for config in sorted(CONFIGS)]
+           + [("gru", "stacked_bidirectional", True), ("gru", "batch_first_no_bias", True)])
 
 
-@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
-def test_cell_export_runs_in_onnxruntime(dynamo, tmp_path):
+@pytest.mark.parametrize("cell, config, dynamo", EXPORTS,
+                         ids=[f"{c}-{config}-{'dynamo' if d else 'torchscript'}" for c, config, d in EXPORTS])
+def test_export_runs_in_onnxruntime(cell, config, dynamo, tmp_path):
     torch.manual_seed(0)
-    _check(CellDecoder(), dynamo, tmp_path)
+    _check(Tagger(cell, **CONFIGS[config]), dynamo, tmp_path)
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_cell_export_runs_in_onnxruntime(cell, dynamo, tmp_path):
+    torch.manual_seed(0)
+    _check(CellDecoder(cell), dynamo, tmp_path)
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
@@ -141,12 +168,13 @@ def test_projection_export_is_refused_clearly(dynamo, tmp_path):
     assert any("proj_size > 0 cannot be exported to ONNX" in s for s in chain), chain
 
 
-def test_eager_calls_after_export_run_fused(tmp_path):
-    model = lstm_fused.LSTM(4, 6).eval()
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_eager_calls_after_export_run_fused(cell, tmp_path):
+    model = CELLS[cell].fused_rnn(4, 6).eval()
     x = torch.randn(5, 2, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=False)
     with torch.profiler.profile() as prof:
         model(x)
-    assert "lstm_fused::forward" in {e.name for e in prof.events()}
+    assert CELLS[cell].forward_op in {e.name for e in prof.events()}

@@ -1,9 +1,9 @@
-"""Parity with torch.nn.LSTM over a grid crossing every option, for float64, float32 and bfloat16.
+"""Parity with torch.nn.LSTM and torch.nn.GRU over a grid crossing every option, for float64, float32
+and bfloat16.
 
-Every case draws fresh inputs (seeded per case) and odd sizes, compares outputs, h_n, c_n and the
-gradients of the input, h0, c0 and every parameter, and checks that the run went through the fused
-ops (one lstm_fused::forward and one lstm_fused::backward per layer and direction, no Python
-fallback).
+Every case draws fresh inputs (seeded per case) and odd sizes, compares outputs, the final states
+and the gradients of the input, the initial states and every parameter, and checks that the run went
+through the fused ops (one forward and one backward op per layer and direction, no Python fallback).
 """
 
 import dataclasses
@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import lstm_fused
-import lstm_fused.reference
 from utils import (
+    CELL_NAMES,
     INPUT_KINDS,
     TOLERANCES,
     Config,
@@ -24,9 +24,13 @@ from utils import (
     assert_bf16_rule,
     assert_fused,
     assert_results_close,
+    check_bfloat16,
+    check_inference,
+    check_parity,
     make_data,
     make_pair,
     num_threads,
+    per_cell,
     report,
     run_model,
 )
@@ -37,8 +41,9 @@ SIZES_I = (1, 3, 8, 17)
 SIZES_H = (1, 2, 3, 5, 17)
 
 
-def grid(dtype, sample=None, seed=0):
-    """Every combination of the structural options; sizes drawn per case."""
+def grid(dtype, sample=None, seed=0, cell="lstm"):
+    """Every combination of the structural options (a projection an LSTM's only); sizes drawn per
+    case."""
     rng = random.Random(seed)
     combos = list(
         itertools.product(
@@ -46,7 +51,7 @@ def grid(dtype, sample=None, seed=0):
             (True, False),  # bias
             (False, True),  # batch_first
             (False, True),  # bidirectional
-            (False, True),  # projection
+            (False, True) if cell == "lstm" else (False,),  # projection
             INPUT_KINDS,
             (True, False),  # with_state
         )
@@ -70,6 +75,7 @@ def grid(dtype, sample=None, seed=0):
                 input_kind=kind,
                 with_state=state,
                 dtype=dtype,
+                cell=cell,
             )
         )
     return cases
@@ -83,128 +89,161 @@ def case_id(cfg):
     )
 
 
-def check_parity(cfg):
-    ref, ours = make_pair(cfg)
-    data = make_data(cfg)
-    expected = run_model(ref, cfg, data)
-    with OpCounter() as counter:
-        actual = run_model(ours, cfg, data)
-    rtol, atol = TOLERANCES[cfg.dtype]
-    assert_results_close(actual, expected, rtol, atol)
-    assert_fused(counter, cfg, backward=True)
+def grids(dtype, samples, seed):
+    """pytest parameters (cell, cfg) of grid(dtype, sample, seed) per cell, samples: {cell: sample}."""
+    return per_cell({cell: grid(dtype, sample, seed, cell) for cell, sample in samples.items()}, ids=case_id)
 
 
-def check_parity_training_and_inference(cfg):
-    """check_parity, then the outputs without autograd (the kernels save no activations)."""
-    check_parity(cfg)
-    ref, ours = make_pair(cfg)
-    data = make_data(cfg)
-    with torch.no_grad():
-        expected = run_model(ref, cfg, data, backward=False)
-        actual = run_model(ours, cfg, data, backward=False)
-    assert_results_close(actual, expected, *TOLERANCES[cfg.dtype])
-
-
-@pytest.mark.parametrize("cfg", grid(torch.float64), ids=case_id)
-def test_parity_float64(cfg):
+@pytest.mark.parametrize("cell, cfg", grids(torch.float64, {"lstm": None, "gru": None}, seed=0))
+def test_parity_float64(cell, cfg):
     check_parity(cfg)
 
 
-@pytest.mark.parametrize("cfg", grid(torch.float32, seed=1), ids=case_id)
-def test_parity_float32(cfg):
+@pytest.mark.parametrize("cell, cfg", grids(torch.float32, {"lstm": None, "gru": 96}, seed=1))
+def test_parity_float32(cell, cfg):
     check_parity(cfg)
 
 
-@pytest.mark.parametrize("cfg", grid(torch.bfloat16, sample=64, seed=2), ids=case_id)
-def test_parity_bfloat16(cfg):
-    """Our bf16 error against an fp64 run is at most ~2x that of nn.LSTM run in bf16."""
-    ref_bf16, ours = make_pair(cfg)
-    ref64, _ = make_pair(cfg, dtype=torch.float64)
-    # The fp64 reference sees exactly the bf16 weights and inputs.
-    ref64.load_state_dict({k: v.double() for k, v in ref_bf16.state_dict().items()})
-    data = make_data(cfg)
-    data.x, data.g_out, data.g_h, data.g_c = (
-        t.bfloat16().double() for t in (data.x, data.g_out, data.g_h, data.g_c)
-    )
-    if cfg.with_state:
-        data.h0, data.c0 = data.h0.bfloat16().double(), data.c0.bfloat16().double()
-    expected = run_model(ref64, cfg, data, dtype=torch.float64)
-    torch_bf16 = run_model(ref_bf16, cfg, data)
-    with OpCounter() as counter:
-        actual = run_model(ours, cfg, data)
-    assert_bf16_rule(actual, torch_bf16, expected)
-    assert_fused(counter, cfg, backward=True)
+@pytest.mark.parametrize("cfg", grid(torch.float64, sample=24, seed=3, cell="gru")
+                         + grid(torch.float32, sample=24, seed=4, cell="gru"),
+                         ids=lambda c: f"{case_id(c)}-{str(c.dtype)[6:]}")
+def test_gru_parity_inference(cfg):
+    check_inference(cfg)
 
 
-LARGER = [
-    Config(T=20, B=16, I=33, H=64, num_layers=2, bidirectional=True, dtype=torch.float32),
-    Config(T=9, B=32, I=40, H=48, proj_size=20, num_layers=2, input_kind="packed_unsorted",
-           dtype=torch.float32),
-    Config(T=13, B=7, I=19, H=70, batch_first=True, bias=False, dtype=torch.float64),
-    Config(T=6, B=64, I=16, H=128, dtype=torch.float32),
-    Config(T=12, B=24, I=32, H=96, num_layers=2, bidirectional=True, input_kind="packed_sorted",
-           dtype=torch.float64),
-    Config(T=10, B=1, I=24, H=128, proj_size=40, dtype=torch.float32),  # small-batch (GEMV) path
-    Config(T=10, B=2, I=24, H=100, bidirectional=True, dtype=torch.float64),
-    # The backward's dh product in panels of W_hh rows (csrc/kernels/cpu/backward.h, kBwdPanelBytes
-    # in dispatch.h): 2 panels of 400 and 240 rows, then 3 of 416, 416 and 368.
-    Config(T=5, B=6, I=8, H=160, bidirectional=True, dtype=torch.float64),
-    Config(T=4, B=5, I=8, H=300, input_kind="packed_unsorted", dtype=torch.float32),
-    # One step of more than 32 rows: the recurrent product as a GEMM in the adapter
-    # (csrc/ops/lstm_cpu.cpp, step_gemm), the kernel skipping it.
-    Config(T=1, B=40, I=16, H=48, num_layers=2, bidirectional=True, proj_size=24, dtype=torch.float64),
-    Config(T=1, B=36, I=8, H=40, input_kind="packed_unsorted", dtype=torch.float32),
-]
+@pytest.mark.parametrize("cell, cfg", grids(torch.bfloat16, {"lstm": 64, "gru": 48}, seed=2))
+def test_parity_bfloat16(cell, cfg):
+    check_bfloat16(cfg)
+
+
+LARGER = {
+    "lstm": [
+        Config(T=20, B=16, I=33, H=64, num_layers=2, bidirectional=True, dtype=torch.float32),
+        Config(T=9, B=32, I=40, H=48, proj_size=20, num_layers=2, input_kind="packed_unsorted",
+               dtype=torch.float32),
+        Config(T=13, B=7, I=19, H=70, batch_first=True, bias=False, dtype=torch.float64),
+        Config(T=6, B=64, I=16, H=128, dtype=torch.float32),
+        Config(T=12, B=24, I=32, H=96, num_layers=2, bidirectional=True, input_kind="packed_sorted",
+               dtype=torch.float64),
+        Config(T=10, B=1, I=24, H=128, proj_size=40, dtype=torch.float32),  # small-batch (GEMV) path
+        Config(T=10, B=2, I=24, H=100, bidirectional=True, dtype=torch.float64),
+        # The backward's dh product in panels of W_hh rows (csrc/kernels/cpu/backward.h, kBwdPanelBytes
+        # in dispatch.h): 2 panels of 400 and 240 rows, then 3 of 416, 416 and 368.
+        Config(T=5, B=6, I=8, H=160, bidirectional=True, dtype=torch.float64),
+        Config(T=4, B=5, I=8, H=300, input_kind="packed_unsorted", dtype=torch.float32),
+        # One step of more than 32 rows: the recurrent product as a GEMM in the adapter
+        # (csrc/ops/lstm_cpu.cpp, step_gemm), the kernel skipping it.
+        Config(T=1, B=40, I=16, H=48, num_layers=2, bidirectional=True, proj_size=24, dtype=torch.float64),
+        Config(T=1, B=36, I=8, H=40, input_kind="packed_unsorted", dtype=torch.float32),
+    ],
+    "gru": [
+        Config(T=20, B=16, I=33, H=64, num_layers=2, bidirectional=True, dtype=torch.float32, cell="gru"),
+        Config(T=9, B=32, I=40, H=48, num_layers=2, input_kind="packed_unsorted", dtype=torch.float32, cell="gru"),
+        Config(T=13, B=7, I=19, H=70, batch_first=True, bias=False, dtype=torch.float64, cell="gru"),
+        Config(T=6, B=64, I=16, H=128, dtype=torch.float32, cell="gru"),
+        Config(T=12, B=24, I=32, H=96, num_layers=2, bidirectional=True, input_kind="packed_sorted",
+               dtype=torch.float64, cell="gru"),
+        Config(T=10, B=1, I=24, H=128, dtype=torch.float32, cell="gru"),  # batch 1
+        # a small batch, many steps
+        Config(T=40, B=2, I=24, H=100, bidirectional=True, dtype=torch.float64, cell="gru"),
+        Config(T=5, B=6, I=8, H=160, bidirectional=True, dtype=torch.float64, cell="gru"),
+        Config(T=4, B=5, I=8, H=300, input_kind="packed_unsorted", dtype=torch.float32, cell="gru"),
+        # one step, many rows
+        Config(T=1, B=40, I=16, H=48, num_layers=2, bidirectional=True, dtype=torch.float64, cell="gru"),
+        Config(T=1, B=36, I=8, H=40, input_kind="packed_unsorted", dtype=torch.float32, cell="gru"),
+    ],
+}
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("cfg", LARGER, ids=case_id)
-def test_parity_larger(cfg, threads):
-    """A few larger shapes (vector paths, hidden units split over threads)."""
+@pytest.mark.parametrize("cell, cfg", per_cell(LARGER, ids=case_id))
+def test_parity_larger(cell, cfg, threads):
+    """A few larger shapes (vector paths, hidden units split over threads), training and inference."""
     with num_threads(threads):
         check_parity(cfg)
+        check_inference(cfg)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("B", [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 19, 32])
-def test_forward_gate_tiles_every_batch(B, threads):
+def test_lstm_forward_gate_tiles_every_batch(B, threads):
     """The forward's register tiles over batches of 4 to 13 rows and two larger (AVX-512: balanced
     tiles of up to 6 rows, 32 as 6 6 5 5 5 5; 16 registers: tiles of 6 and the rows left), with the
     input on the tiles (small weights), training and inference, fp32 and fp64."""
     for dtype in (torch.float32, torch.float64):
         with num_threads(threads):  # H = 48: from 4 rows a step is large enough for 2 threads
-            check_parity_training_and_inference(Config(T=17, B=B, I=24, H=48, dtype=dtype))
+            cfg = Config(T=17, B=B, I=24, H=48, dtype=dtype)
+            check_parity(cfg)
+            check_inference(cfg)
 
 
-LARGER_BF16 = [
-    Config(T=12, B=16, I=40, H=64, num_layers=2, bidirectional=True, proj_size=24,
-           dtype=torch.bfloat16),
-    Config(T=9, B=24, I=20, H=80, input_kind="packed_unsorted", dtype=torch.bfloat16),
-    Config(T=8, B=1, I=16, H=128, dtype=torch.bfloat16),
-]
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 5, 6, 7, 8, 13, 19, 32])
+def test_gru_every_small_batch(B):
+    """Batches of 1 to 8 rows and a few larger, fp32 and fp64, one and two threads, training and
+    inference (the row tiles of a step, and whatever path small batches take)."""
+    for dtype in (torch.float32, torch.float64):
+        for threads in (1, 2):
+            with num_threads(threads):
+                cfg = Config(T=7, B=B, I=24, H=48, dtype=dtype, cell="gru")
+                check_parity(cfg)
+                check_inference(cfg)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("cfg", LARGER_BF16, ids=case_id)
-def test_parity_bfloat16_larger(cfg, threads):
-    with num_threads(threads):
-        test_parity_bfloat16(cfg)
-
-
-PARTIAL_LOSSES = {
-    "out_only": lambda out, h, c: out.sum(),
-    "h_n_only": lambda out, h, c: (h * h).sum(),
-    "c_n_last_layer_only": lambda out, h, c: c[-1].sum(),
-    "h_and_c_of_reverse_direction": lambda out, h, c: h[1::2].sum() + c[1::2].pow(2).sum(),
+LARGER_BF16 = {
+    "lstm": [
+        Config(T=12, B=16, I=40, H=64, num_layers=2, bidirectional=True, proj_size=24,
+               dtype=torch.bfloat16),
+        Config(T=9, B=24, I=20, H=80, input_kind="packed_unsorted", dtype=torch.bfloat16),
+        Config(T=8, B=1, I=16, H=128, dtype=torch.bfloat16),
+    ],
+    "gru": [
+        Config(T=12, B=16, I=40, H=64, num_layers=2, bidirectional=True, dtype=torch.bfloat16, cell="gru"),
+        Config(T=9, B=24, I=20, H=80, input_kind="packed_unsorted", dtype=torch.bfloat16, cell="gru"),
+        Config(T=8, B=1, I=16, H=128, dtype=torch.bfloat16, cell="gru"),
+        Config(T=6, B=32, I=64, H=96, batch_first=True, dtype=torch.bfloat16, cell="gru"),
+    ],
 }
 
 
-@pytest.mark.parametrize("loss_fn", PARTIAL_LOSSES.values(), ids=PARTIAL_LOSSES.keys())
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cell, cfg", per_cell(LARGER_BF16, ids=case_id))
+def test_parity_bfloat16_larger(cell, cfg, threads):
+    with num_threads(threads):
+        check_bfloat16(cfg)
+        check_bfloat16(cfg, backward=False)
+
+
+def test_gru_long_sequence():
+    """Many steps (state carried through hundreds of steps), inference and training."""
+    cfg = Config(T=300, B=3, I=16, H=64, bidirectional=True, input_kind="packed_unsorted", dtype=torch.float32,
+                 cell="gru")
+    check_parity(cfg)
+    check_inference(cfg)
+
+
+# The loss of an LSTM's test gets (out, h, c), a GRU's (out, h).
+PARTIAL_LOSSES = {
+    "lstm": {
+        "out_only": lambda out, h, c: out.sum(),
+        "h_n_only": lambda out, h, c: (h * h).sum(),
+        "c_n_last_layer_only": lambda out, h, c: c[-1].sum(),
+        "h_and_c_of_reverse_direction": lambda out, h, c: h[1::2].sum() + c[1::2].pow(2).sum(),
+    },
+    "gru": {
+        "out_only": lambda out, h: out.sum(),
+        "h_n_only": lambda out, h: (h * h).sum(),
+        "h_n_last_layer_only": lambda out, h: h[-1].sum(),
+        "h_n_of_reverse_direction": lambda out, h: h[1::2].pow(2).sum(),
+    },
+}
+
+
+@pytest.mark.parametrize("cell, loss_fn", per_cell(PARTIAL_LOSSES))
 @pytest.mark.parametrize("kind", ["dense", "packed_unsorted"])
-def test_backward_with_unused_outputs_and_frozen_params(loss_fn, kind):
+def test_backward_with_unused_outputs_and_frozen_params(cell, loss_fn, kind):
     """Outputs that do not reach the loss (None grads) and parameters that do not require grad."""
-    cfg = Config(T=5, B=3, I=4, H=6, num_layers=2, bidirectional=True, proj_size=3,
-                 input_kind=kind)
+    cfg = Config(T=5, B=3, I=4, H=6, num_layers=2, bidirectional=True, proj_size=3 if cell == "lstm" else 0,
+                 input_kind=kind, cell=cell)
     ref, ours = make_pair(cfg)
     data = make_data(cfg)
     results = []
@@ -213,14 +252,18 @@ def test_backward_with_unused_outputs_and_frozen_params(loss_fn, kind):
         model.bias_hh_l1_reverse.requires_grad_(False)
         x = data.x.clone().requires_grad_()
         h0 = data.h0.clone()  # no grad wanted for h0
-        c0 = data.c0.clone().requires_grad_()
         inp = x
         if cfg.packed:
             inp = torch.nn.utils.rnn.pack_padded_sequence(x, data.lengths, enforce_sorted=False)
-        out, (h, c) = model(inp, (h0, c0))
-        out = out.data if cfg.packed else out
-        loss = loss_fn(out, h, c)
-        wanted = [x, c0] + [p for p in model.parameters() if p.requires_grad]
+        if cfg.lstm:
+            c0 = data.c0.clone().requires_grad_()
+            out, (h, c) = model(inp, (h0, c0))
+            states, wanted = (h, c), [x, c0]
+        else:
+            out, h = model(inp, h0)
+            states, wanted = (h,), [x]
+        loss = loss_fn(out.data if cfg.packed else out, *states)
+        wanted += [p for p in model.parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, wanted, allow_unused=True)
         results.append({f"grad{i}": (torch.zeros(()) if g is None else g) for i, g in enumerate(grads)})
     assert_results_close(results[1], results[0], 1e-9, 1e-9)
@@ -244,10 +287,11 @@ def test_parity_eval_mode_no_grad(dtype):
 
 
 class Oracle(torch.nn.Module):
-    """Runs lstm_fused.reference.lstm_reference on the very parameters of `target`."""
+    """Runs lstm_fused.lstm_reference or gru_reference on the very parameters of `target`."""
 
-    def __init__(self, target):
+    def __init__(self, target, cell):
         super().__init__()
+        self.reference = {"lstm": lstm_fused.lstm_reference, "gru": lstm_fused.gru_reference}[cell]
         for name in ("input_size", "hidden_size", "num_layers", "bias", "batch_first",
                      "bidirectional", "proj_size"):
             setattr(self, name, getattr(target, name))
@@ -255,48 +299,53 @@ class Oracle(torch.nn.Module):
             self.register_parameter(name, p)
 
     def forward(self, input, hx=None):
-        return lstm_fused.reference.lstm_reference(self, input, hx)
+        return self.reference(self, input, hx)
 
 
-ORACLE_CASES = [
-    Config(T=5, B=3, I=4, H=6, num_layers=2, bidirectional=True, proj_size=3,
-           input_kind="packed_unsorted"),
-    Config(T=4, B=2, I=3, H=5, num_layers=3, batch_first=True, bias=False),
-    Config(T=6, I=3, H=4, bidirectional=True, input_kind="unbatched", with_state=False),
-    Config(T=5, B=4, I=2, H=3, bidirectional=True, input_kind="packed_sorted"),
-]
+def _oracle_cases(cell):
+    return [
+        Config(T=5, B=3, I=4, H=6, num_layers=2, bidirectional=True, proj_size=3 if cell == "lstm" else 0,
+               input_kind="packed_unsorted", cell=cell),
+        Config(T=4, B=2, I=3, H=5, num_layers=3, batch_first=True, bias=False, cell=cell),
+        Config(T=6, I=3, H=4, bidirectional=True, input_kind="unbatched", with_state=False, cell=cell),
+        Config(T=5, B=4, I=2, H=3, bidirectional=True, input_kind="packed_sorted", cell=cell),
+    ]
 
 
-@pytest.mark.parametrize("cfg", ORACLE_CASES, ids=case_id)
-def test_matches_reference_oracle(cfg):
-    """lstm_fused.reference agrees with nn.LSTM (the oracle's sanity) and with the fused module."""
+ORACLE_CASES = {cell: _oracle_cases(cell) for cell in CELL_NAMES}
+
+
+@pytest.mark.parametrize("cell, cfg", per_cell(ORACLE_CASES, ids=case_id))
+def test_matches_reference_oracle(cell, cfg):
+    """The reference agrees with torch's module (the oracle's sanity) and with the fused module."""
     ref, ours = make_pair(cfg)
     data = make_data(cfg)
-    oracle_result = run_model(Oracle(ref), cfg, data)
+    oracle_result = run_model(Oracle(ref, cell), cfg, data)
     assert_results_close(oracle_result, run_model(ref, cfg, data), 1e-9, 1e-9)
     assert_results_close(run_model(ours, cfg, data), oracle_result, 1e-9, 1e-9)
 
 
-@pytest.mark.parametrize("cfg", ORACLE_CASES[:2], ids=case_id)
-def test_float32_closer_to_float64_oracle_than_tolerance(cfg):
-    """float32 run against the float64 oracle (computed on the same float32 weights)."""
+@pytest.mark.parametrize("cell, cfg", per_cell({cell: cases[:2] for cell, cases in ORACLE_CASES.items()}, ids=case_id))
+def test_float32_closer_to_float64_oracle_than_tolerance(cell, cfg):
+    """float32 run against the float64 oracle (computed on the same float32 weights): within a few
+    times torch's own float32 error."""
     cfg = dataclasses.replace(cfg, dtype=torch.float32)
     ref, ours = make_pair(cfg)
     data = make_data(cfg)
-    oracle = Oracle(ref)
-    expected = run_model(oracle, cfg, data)  # lstm_reference computes in float64
+    expected = run_model(Oracle(ref, cell), cfg, data)  # the reference computes in float64
     actual = run_model(ours, cfg, data)
-    nn_lstm = run_model(ref, cfg, data)
+    torch_fp32 = run_model(ref, cfg, data)
     for key in expected:
         ours_err, _ = report(key + " (ours)", actual[key], expected[key])
-        torch_err, _ = report(key + " (nn.LSTM)", nn_lstm[key], expected[key])
+        torch_err, _ = report(key + " (torch)", torch_fp32[key], expected[key])
         scale = max(1.0, expected[key].abs().max().item())
         assert ours_err <= 4 * torch_err + 1e-6 * scale, key
 
 
-def test_repeated_calls_and_param_updates():
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_repeated_calls_and_param_updates(cell):
     """Parameters are read on every call: an in-place update shows in the next call."""
-    cfg = Config(T=4, B=3, I=5, H=7, num_layers=2, dtype=torch.float64)
+    cfg = Config(T=4, B=3, I=5, H=7, num_layers=2, dtype=torch.float64, cell=cell)
     ref, ours = make_pair(cfg)
     data = make_data(cfg)
     assert_results_close(run_model(ours, cfg, data), run_model(ref, cfg, data), 1e-9, 1e-9)
@@ -315,7 +364,8 @@ def test_repeated_calls_and_param_updates():
 
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
 def test_autocast_bfloat16_like_nn_lstm(x_dtype):
-    """Under torch.autocast("cpu", bfloat16) nn.LSTM runs in bf16 on fp32 parameters."""
+    """Under torch.autocast("cpu", bfloat16) nn.LSTM runs in bf16 on fp32 parameters (a GRU's
+    autocast is test_gru.py's)."""
     cfg = Config(T=5, B=3, I=8, H=16, num_layers=2, bidirectional=True, dtype=torch.float32)
     ref, ours = make_pair(cfg)
     data = make_data(cfg)
@@ -443,7 +493,8 @@ def test_parity_batch1_lookahead(cfg, threads):
     chunks, the reverse direction, quarters of I with no columns (I < 4), with and without saving
     activations for the backward."""
     with num_threads(threads):
-        check_parity_training_and_inference(cfg)
+        check_parity(cfg)
+        check_inference(cfg)
 
 
 def _intel_cpu():

@@ -1,9 +1,10 @@
 """Shared helpers for the lstm_fused tests: paired models, inputs, runs and error reports.
 
-A test builds a `Config`, gets an `nn.LSTM` and an `lstm_fused.LSTM` holding the same weights from
-`make_pair`, draws one set of inputs with `make_data`, and runs both through `run_model`, which
-returns every tensor worth comparing (outputs, final states, and the gradients of the input, the
-initial states and every parameter under the same upstream gradient).
+A test builds a `Config`, gets torch's module (nn.LSTM, or nn.GRU for `cell="gru"`) and ours holding
+the same weights from `make_pair`, draws one set of inputs with `make_data`, and runs both through
+`run_model`, which returns every tensor worth comparing (outputs, final states, and the gradients of
+the input, the initial states and every parameter under the same upstream gradient). A GRU's h0 is
+make_data's h0 (P = H without a projection); c0 and its upstream gradient go unused.
 """
 
 import contextlib
@@ -13,6 +14,7 @@ import io
 import pickle
 import zlib
 
+import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -21,6 +23,46 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import lstm_fused
 
 INPUT_KINDS = ("dense", "unbatched", "packed_sorted", "packed_unsorted")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """What tells an LSTM test from a GRU test: the modules and the fused ops they must run."""
+
+    name: str
+    torch_rnn: type
+    fused_rnn: type
+    torch_cell: type
+    fused_cell: type
+    n_states: int  # (h, c) or h
+    forward_op: str
+    backward_op: str
+    # Ops that a fused implementation must not call from Python: torch's own kernels of the cell
+    # and the pointwise work of a per-step Python loop.
+    forbidden_ops: tuple
+
+
+CELLS = {
+    "lstm": Cell("lstm", nn.LSTM, lstm_fused.LSTM, nn.LSTMCell, lstm_fused.LSTMCell, 2,
+                 "lstm_fused::forward", "lstm_fused::backward",
+                 ("aten::lstm", "aten::_thnn_fused_lstm_cell", "aten::mkldnn_rnn", "aten::sigmoid",
+                  "aten::tanh", "aten::lstm_cell")),
+    "gru": Cell("gru", nn.GRU, lstm_fused.GRU, nn.GRUCell, lstm_fused.GRUCell, 1,
+                "lstm_fused::gru_forward", "lstm_fused::gru_backward",
+                ("aten::gru", "aten::_thnn_fused_gru_cell", "aten::sigmoid", "aten::tanh", "aten::gru_cell")),
+}
+
+CELL_NAMES = tuple(CELLS)
+
+
+def per_cell(cases_by_cell, ids=str):
+    """pytest parameters (cell, case) for a test whose cases differ by cell, from {cell: {name: case}}
+    or {cell: [case, ...]} (named by ids), each with the id "cell-name"."""
+    params = []
+    for cell, cases in cases_by_cell.items():
+        named = cases.items() if isinstance(cases, dict) else ((ids(case), case) for case in cases)
+        params += [pytest.param(cell, case, id=f"{cell}-{name}") for name, case in named]
+    return params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +80,8 @@ class Config:
     input_kind: str = "dense"  # one of INPUT_KINDS
     with_state: bool = True  # pass (h0, c0) or let the module use zeros
     dtype: torch.dtype = torch.float64
+    # Out of repr, and so of seed(): a GRU case draws the inputs of the LSTM case of its shape.
+    cell: str = dataclasses.field(default="lstm", repr=False)  # a key of CELLS
 
     @property
     def D(self):
@@ -51,8 +95,12 @@ class Config:
     def packed(self):
         return self.input_kind.startswith("packed")
 
+    @property
+    def lstm(self):
+        return self.cell == "lstm"
+
     def module_kwargs(self):
-        return dict(
+        kwargs = dict(
             input_size=self.I,
             hidden_size=self.H,
             num_layers=self.num_layers,
@@ -60,8 +108,12 @@ class Config:
             batch_first=self.batch_first,
             dropout=self.dropout,
             bidirectional=self.bidirectional,
-            proj_size=self.proj_size,
         )
+        if self.lstm:
+            kwargs["proj_size"] = self.proj_size
+        else:
+            assert self.proj_size == 0, "a GRU has no projection"
+        return kwargs
 
     def seed(self):
         """A stable per-config seed: fresh inputs per case, the same ones run after run."""
@@ -69,11 +121,12 @@ class Config:
 
 
 def make_pair(cfg, dtype=None, seed=None):
-    """An nn.LSTM and an lstm_fused.LSTM with identical parameters (copied by name)."""
+    """torch's module of cfg's cell and ours, with identical parameters (copied by name)."""
     dtype = dtype or cfg.dtype
+    cell = CELLS[cfg.cell]
     torch.manual_seed(cfg.seed() if seed is None else seed)
-    ref = nn.LSTM(**cfg.module_kwargs(), dtype=dtype)
-    ours = lstm_fused.LSTM(**cfg.module_kwargs(), dtype=dtype)
+    ref = cell.torch_rnn(**cfg.module_kwargs(), dtype=dtype)
+    ours = cell.fused_rnn(**cfg.module_kwargs(), dtype=dtype)
     copy_params(ref, ours)
     return ref, ours
 
@@ -148,11 +201,21 @@ def make_data(cfg, seed=None):
     )
 
 
+def call(model, cfg, inp, h0=None, c0=None):
+    """model(inp, hx) with hx as cfg's cell takes it (none without h0); returns (out, h_n, c_n),
+    c_n None for a GRU."""
+    if not cfg.lstm:
+        out, h_n = model(inp, h0)
+        return out, h_n, None
+    out, (h_n, c_n) = model(inp, None if h0 is None else (h0, c0))
+    return out, h_n, c_n
+
+
 def run_model(model, cfg, data, dtype=None, backward=True):
     """Runs model forward (and backward under data's upstream grads); returns named tensors.
 
-    Keys: out (packed data when packed), h_n, c_n, and with backward grad_x, grad_h0, grad_c0
-    (when states are given) and grad_<param> for every parameter.
+    Keys: out (packed data when packed), h_n, c_n (an LSTM's), and with backward grad_x, grad_h0,
+    grad_c0 (when states are given; grad_c0 an LSTM's) and grad_<param> for every parameter.
     """
     dtype = dtype or cfg.dtype
     x = data.x.to(dtype).requires_grad_(backward)
@@ -162,13 +225,14 @@ def run_model(model, cfg, data, dtype=None, backward=True):
             x, data.lengths, batch_first=cfg.batch_first, enforce_sorted=data.enforce_sorted
         )
     leaves = [("x", x)]
-    hx = None
+    h0 = c0 = None
     if cfg.with_state:
         h0 = data.h0.to(dtype).requires_grad_(backward)
-        c0 = data.c0.to(dtype).requires_grad_(backward)
-        hx = (h0, c0)
-        leaves += [("h0", h0), ("c0", c0)]
-    out, (h_n, c_n) = model(inp, hx)
+        leaves.append(("h0", h0))
+        if cfg.lstm:
+            c0 = data.c0.to(dtype).requires_grad_(backward)
+            leaves.append(("c0", c0))
+    out, h_n, c_n = call(model, cfg, inp, h0, c0)
     if cfg.packed:
         assert isinstance(out, PackedSequence), type(out)
         assert torch.equal(out.batch_sizes, inp.batch_sizes)
@@ -178,16 +242,16 @@ def run_model(model, cfg, data, dtype=None, backward=True):
             assert torch.equal(out.sorted_indices, inp.sorted_indices)
             assert torch.equal(out.unsorted_indices, inp.unsorted_indices)
         out = out.data
-    result = {"out": out, "h_n": h_n, "c_n": c_n}
+    result = {"out": out, "h_n": h_n}
+    if cfg.lstm:
+        result["c_n"] = c_n
     if not backward:
         return {k: v.detach() for k, v in result.items()}
     params = list(model.named_parameters())
     leaves += params
-    loss = (
-        (out * data.g_out.to(dtype)).sum()
-        + (h_n * data.g_h.to(dtype)).sum()
-        + (c_n * data.g_c.to(dtype)).sum()
-    )
+    loss = (out * data.g_out.to(dtype)).sum() + (h_n * data.g_h.to(dtype)).sum()
+    if cfg.lstm:
+        loss = loss + (c_n * data.g_c.to(dtype)).sum()
     grads = torch.autograd.grad(loss, [t for _, t in leaves])
     result = {k: v.detach() for k, v in result.items()}
     for (name, _), g in zip(leaves, grads):
@@ -221,19 +285,19 @@ TOLERANCES = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-5, 1e-5)}
 
 
 def assert_bf16_rule(ours, torch_bf16, ref64):
-    """STYLE rule for half types: our error vs fp64 <= 2x nn.LSTM-in-bf16's error + 1 bf16 ulp."""
+    """STYLE rule for half types: our error vs fp64 <= 2x torch's module's bf16 error + 1 bf16 ulp."""
     assert ours.keys() == ref64.keys() == torch_bf16.keys()
     failures = []
     for key in ref64:
         assert ours[key].dtype == torch.bfloat16, (key, ours[key].dtype)
         assert ours[key].shape == ref64[key].shape, (key, ours[key].shape, ref64[key].shape)
         ours_max, _ = report(key + " (ours)", ours[key], ref64[key])
-        torch_max, _ = report(key + " (nn.LSTM bf16)", torch_bf16[key], ref64[key])
+        torch_max, _ = report(key + " (torch bf16)", torch_bf16[key], ref64[key])
         scale = max(1.0, ref64[key].abs().max().item()) if ref64[key].numel() else 1.0
         eps = 2.0**-8 * scale
         if not ours_max <= 2 * torch_max + eps:
             failures.append((key, ours_max, torch_max, eps))
-    assert not failures, f"bf16 error above 2x nn.LSTM's + eps (key, ours, torch, eps): {failures}"
+    assert not failures, f"bf16 error above 2x torch's + eps (key, ours, torch, eps): {failures}"
 
 
 class OpCounter(TorchDispatchMode):
@@ -251,19 +315,16 @@ class OpCounter(TorchDispatchMode):
         return sum(1 for c in self.calls if c.startswith(name))
 
 
-# Ops that a fused implementation must not call from Python: nn.LSTM's own kernels and the
-# pointwise work of a per-step Python loop.
-FORBIDDEN_OPS = ("aten::lstm", "aten::_thnn_fused_lstm_cell", "aten::mkldnn_rnn",
-                 "aten::sigmoid", "aten::tanh", "aten::lstm_cell")
-
-
 def assert_fused(counter, cfg, backward):
+    """counter saw one forward (and backward) op of cfg's cell per layer and direction, and none
+    of the ops a fused run must not call."""
+    cell = CELLS[cfg.cell]
     n_calls = cfg.num_layers * cfg.D
     names = sorted(set(counter.calls))
-    assert counter.count("lstm_fused::forward") == n_calls, names
+    assert counter.count(cell.forward_op) == n_calls, names
     if backward:
-        assert counter.count("lstm_fused::backward") == n_calls, names
-    bad = [c for c in counter.calls if c.startswith(FORBIDDEN_OPS)]
+        assert counter.count(cell.backward_op) == n_calls, names
+    bad = [c for c in counter.calls if c.startswith(cell.forbidden_ops)]
     assert not bad, f"non-fused ops called: {sorted(set(bad))}"
 
 
@@ -287,3 +348,53 @@ def roundtrip(how, module):
     torch.save(module, buf)
     buf.seek(0)
     return torch.load(buf, weights_only=False)
+
+
+# -- parity checks shared by the test files -----------------------------------------------------
+
+
+def check_parity(cfg):
+    """Outputs, final states and every gradient against torch's module, through the fused ops."""
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    expected = run_model(ref, cfg, data)
+    with OpCounter() as counter:
+        actual = run_model(ours, cfg, data)
+    assert_results_close(actual, expected, *TOLERANCES[cfg.dtype])
+    assert_fused(counter, cfg, backward=True)
+
+
+def check_inference(cfg):
+    """Outputs without autograd (the kernels save no activations), under no_grad and in inference
+    mode."""
+    ref, ours = make_pair(cfg)
+    data = make_data(cfg)
+    with torch.no_grad():
+        expected = run_model(ref, cfg, data, backward=False)
+        with OpCounter() as counter:
+            actual = run_model(ours, cfg, data, backward=False)
+    assert_results_close(actual, expected, *TOLERANCES[cfg.dtype])
+    assert_fused(counter, cfg, backward=False)
+    with torch.inference_mode():
+        assert_results_close(run_model(ours, cfg, data, backward=False), expected, *TOLERANCES[cfg.dtype])
+
+
+def check_bfloat16(cfg, backward=True):
+    """Our bf16 error against an fp64 run is at most ~2x that of torch's module run in bf16."""
+    ref_bf16, ours = make_pair(cfg)
+    ref64, _ = make_pair(cfg, dtype=torch.float64)
+    # The fp64 reference sees exactly the bf16 weights and inputs.
+    ref64.load_state_dict({k: v.double() for k, v in ref_bf16.state_dict().items()})
+    data = make_data(cfg)
+    data.x, data.g_out, data.g_h, data.g_c = (
+        t.bfloat16().double() for t in (data.x, data.g_out, data.g_h, data.g_c)
+    )
+    if cfg.with_state:
+        data.h0, data.c0 = data.h0.bfloat16().double(), data.c0.bfloat16().double()
+    with torch.set_grad_enabled(backward):
+        expected = run_model(ref64, cfg, data, dtype=torch.float64, backward=backward)
+        torch_bf16 = run_model(ref_bf16, cfg, data, backward=backward)
+        with OpCounter() as counter:
+            actual = run_model(ours, cfg, data, backward=backward)
+    assert_bf16_rule(actual, torch_bf16, expected)
+    assert_fused(counter, cfg, backward=backward)
