@@ -3,8 +3,8 @@ quantization (onnxruntime.quantization.quantize_dynamic, which turns the LSTM no
 DynamicQuantizeLSTM), and torch.ao's dynamic int8 LSTM (torch.ao.quantization.quantize_dynamic).
 
 Each holds torch.nn.LSTM's weights: the ONNX contenders run the model torch.onnx.export writes for
-it (the TorchScript-based exporter, batch and sequence dynamic), in a session with the case's
-thread count. They time the case's unit as the others do: a whole inference call, or the streaming
+it (the TorchScript-based exporter, batch and sequence dynamic), run with the case's thread
+count. They time the case's unit as the others do: a whole inference call, or the streaming
 loop of one-step calls carrying (h, c). Their output error against torch.nn.LSTM, max |got - ref| /
 max |ref| over y, goes to the row's notes. Rows they cannot run are left out with the reason: the
 GRU's, training, projections (ONNX's LSTM has none), packed input (an exported graph takes dense
@@ -72,7 +72,7 @@ def _has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def _session(path: str):
+def _ort_model(path: str):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -144,9 +144,9 @@ def add(case: Case, ref: nn.LSTM, device: torch.device, out, x: torch.Tensor | N
         reduce_range = not _has_vnni()
         out.notes[f"{ORT_INT8}_reduce_range"] = reduce_range
         quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, reduce_range=reduce_range)
-        sessions = {ORT: _session(fp32), ORT_INT8: _session(int8)}  # loaded: the files may go
+        models = {ORT: _ort_model(fp32), ORT_INT8: _ort_model(int8)}  # loaded: the files may go
     zeros = torch.zeros(n, case.B, case.H).numpy()
-    for name, sess in sessions.items():
+    for name, sess in models.items():
         out.fns[name] = _ort_fn(sess, case, x, xs)
         got = sess.run(None, {"x": probe.numpy(), "h0": zeros, "c0": zeros})[0]
         out.notes[f"{name}_error"] = _error(got, want)
