@@ -177,11 +177,13 @@ def _route_direct_calls(torch_cls):
     torch_forward = torch_cls.forward
     if getattr(torch_forward, "_lstm_fused_routed", False):
         return
-    _, mixin, fused = _MODULES[torch_cls]
+    fused = _MODULES[torch_cls][2]
 
+    # Any instance with the fused contract: convert's mixin, or quantize_dynamic's int8 one, whose
+    # _fused_layers the fused forward calls.
     @functools.wraps(torch_forward)
     def forward(self, input, hx=None):
-        if isinstance(self, mixin):
+        if isinstance(self, fused):
             return fused.forward(self, input, hx)
         return torch_forward(self, input, hx)
 

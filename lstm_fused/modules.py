@@ -6,7 +6,7 @@ RNN modules. What both share with torch.nn.RNNBase (constructor checks, paramete
 extra_repr) is FusedRNNBase. The parameters are read by name on every call, so there is no
 flat-weight cache to go stale; flatten_parameters() does nothing. Each forward lives in a mixin
 (LSTMForward, GRUForward), which convert() also puts under subclasses of torch's modules
-(convert.py).
+(convert.py), and with their _fused_layers replaced, under the int8 modules (quantized.py).
 """
 import math
 import numbers
@@ -56,6 +56,10 @@ class _FusedForward:
     _WEIGHTS names a layer's parameters in the order the stack takes them."""
 
     _WEIGHTS = ()
+
+    def _fused_weight_dtype(self):
+        """The dtype the input and states must have (torch's check_input message names it)."""
+        return self._parameters["weight_ih_l0"].dtype
 
     def _layer_weights(self):
         # Read by name on every call (a parameter may have been replaced); the names are fixed.
@@ -108,7 +112,7 @@ class LSTMForward(_FusedForward):
     def forward(self, input, hx=None):
         D = 2 if self.bidirectional else 1
         P = self.proj_size if self.proj_size > 0 else self.hidden_size
-        w_dtype = self._parameters["weight_ih_l0"].dtype
+        w_dtype = self._fused_weight_dtype()
         autocast = torch._C._is_any_autocast_enabled()
         packed = isinstance(input, PackedSequence)
         batch_sizes = sorted_indices = unsorted_indices = None
@@ -149,14 +153,7 @@ class LSTMForward(_FusedForward):
                 h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
         if not packed and x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        weights = self._layer_weights()
-        if autocast and torch.is_autocast_enabled(x.device.type):
-            # As torch.nn.LSTM under autocast: input, states and weights in the autocast dtype.
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, h0, c0 = x.to(dtype), h0.to(dtype), c0.to(dtype)
-            weights = [tuple(w.to(dtype) if w is not None else None for w in ws) for ws in weights]
-        y, h_n, c_n = functional.lstm(x, h0, c0, weights, self.num_layers, self.bidirectional,
-                                      self.dropout, self.training, batch_sizes)
+        y, h_n, c_n = self._fused_layers(x, h0, c0, batch_sizes, autocast)
         if unsorted_indices is not None:
             h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
         if packed:
@@ -167,6 +164,17 @@ class LSTMForward(_FusedForward):
             y = y.squeeze(0 if self.batch_first else 1)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return y, (h_n, c_n)
+
+    def _fused_layers(self, x, h0, c0, batch_sizes, autocast):
+        """The layers on checked, time-major input and states ordered as the op takes them."""
+        weights = self._layer_weights()
+        if autocast and torch.is_autocast_enabled(x.device.type):
+            # As torch.nn.LSTM under autocast: input, states and weights in the autocast dtype.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, h0, c0 = x.to(dtype), h0.to(dtype), c0.to(dtype)
+            weights = [tuple(w.to(dtype) if w is not None else None for w in ws) for ws in weights]
+        return functional.lstm(x, h0, c0, weights, self.num_layers, self.bidirectional, self.dropout, self.training,
+                               batch_sizes)
 
 
 class GRUForward(_FusedForward):
@@ -180,7 +188,7 @@ class GRUForward(_FusedForward):
 
     def forward(self, input, hx=None):
         D = 2 if self.bidirectional else 1
-        w_dtype = self._parameters["weight_ih_l0"].dtype
+        w_dtype = self._fused_weight_dtype()
         autocast = torch._C._is_any_autocast_enabled()
         packed = isinstance(input, PackedSequence)
         batch_sizes = sorted_indices = unsorted_indices = None
@@ -219,9 +227,7 @@ class GRUForward(_FusedForward):
         # Unlike aten::lstm, aten::gru is not on CPU autocast's list: only its inner products run
         # in the autocast dtype, and its result keeps the dtype of its input and state. With all in
         # one dtype the fused op computes that result in that dtype.
-        run = functional.gru if x.dtype == hx.dtype == w_dtype else _export.gru
-        y, h_n = run(x, hx, self._layer_weights(), self.num_layers, self.bidirectional, self.dropout,
-                     self.training, batch_sizes)
+        y, h_n = self._fused_layers(x, hx, batch_sizes, w_dtype)
         if unsorted_indices is not None:
             h_n = h_n.index_select(1, unsorted_indices)
         if packed:
@@ -232,6 +238,12 @@ class GRUForward(_FusedForward):
             y = y.squeeze(0 if self.batch_first else 1)
             h_n = h_n.squeeze(1)
         return y, h_n
+
+    def _fused_layers(self, x, hx, batch_sizes, w_dtype):
+        """The layers on checked, time-major input and state ordered as the op takes them."""
+        run = functional.gru if x.dtype == hx.dtype == w_dtype else _export.gru
+        return run(x, hx, self._layer_weights(), self.num_layers, self.bidirectional, self.dropout, self.training,
+                   batch_sizes)
 
 
 class FusedRNNBase(nn.Module):

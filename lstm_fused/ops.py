@@ -2,6 +2,7 @@
 
 Importing lstm_fused._C registers ``torch.ops.lstm_fused.forward`` and ``.backward`` (schemas in
 csrc/ops/schemas.cpp, kernels per device), and the GRU's ``gru_forward`` and ``gru_backward`` (CPU).
+The int8 inference ops ``q8_pack``, ``q8_linear`` and ``q8_forward`` (CPU) come with it.
 Here: their fake (meta) implementations, so that torch.compile and torch.export can trace them,
 and the autograd formulas of ``forward`` and ``gru_forward``, whose backwards call the backward ops.
 """
@@ -189,3 +190,44 @@ def _gru_backward(ctx, grad_y, grad_hn, _grad_gates, _grad_hn_saved):
 
 
 torch.library.register_autograd("lstm_fused::gru_forward", _gru_backward, setup_context=_gru_setup_context)
+
+
+# The int8 inference ops (csrc/ops/q8_cpu.cpp; numerics in csrc/kernels/cpu/q8.h).
+q8_pack = torch.ops.lstm_fused.q8_pack
+q8_linear = torch.ops.lstm_fused.q8_linear
+q8_forward = torch.ops.lstm_fused.q8_forward
+Q8_BLOCK = 16  # units per packed block
+Q8_GROUP = 4   # k's per packed group
+
+
+@torch.library.register_fake("lstm_fused::q8_pack")
+def _q8_pack_fake(w, gates):
+    units, K = w.shape[0] // gates, w.shape[1]
+    blocks = -(-units // Q8_BLOCK) * gates
+    return (w.new_empty((blocks, -(-K // Q8_GROUP), Q8_BLOCK, Q8_GROUP), dtype=torch.int8),
+            w.new_empty((blocks * Q8_BLOCK,)), w.new_empty((blocks * Q8_BLOCK,), dtype=torch.int32))
+
+
+@torch.library.register_fake("lstm_fused::q8_linear")
+def _q8_linear_fake(x, w, bias):
+    return x.new_empty((*x.shape[:-1], w[0].shape[0] * Q8_BLOCK))
+
+
+@torch.library.register_fake("lstm_fused::q8_forward")
+def _q8_forward_fake(x, w_ih, w_hh, w_hr, bias, bias_hn, h0, c0, batch_sizes, reverse):
+    B, P = h0.shape
+    c_n = x.new_empty((0,)) if c0 is None else x.new_empty(c0.shape)
+    return x.new_empty((*x.shape[:-1], P)), x.new_empty((B, P)), c_n
+
+
+def _q8_no_backward(ctx, *grads):
+    raise RuntimeError("lstm_fused: the int8 ops are for inference only and have no backward; "
+                       "train the float model and quantize it afterwards")
+
+
+def _q8_setup_context(ctx, inputs, output):
+    pass
+
+
+torch.library.register_autograd("lstm_fused::q8_forward", _q8_no_backward, setup_context=_q8_setup_context)
+torch.library.register_autograd("lstm_fused::q8_linear", _q8_no_backward, setup_context=_q8_setup_context)

@@ -11,6 +11,7 @@
 #include <exception>
 
 #include "cpu/lstm_cpu.h"
+#include "cpu/q8.h"
 #include "ops/common.h"
 
 // setup.py's hash of csrc/ as an identifier: h followed by the hex digits.
@@ -135,6 +136,7 @@ std::tuple<ForwardOut, ForwardOut> forward_pair_unboxed(
 PYBIND11_MODULE(_C, m) {
   m.doc() = "lstm_fused kernels (ops under torch.ops.lstm_fused)";
   m.def("cpu_isa", &lstm_fused::cpu::isa_name, "Instruction set of the CPU kernels on this CPU");
+  m.def("int8_isa", &lstm_fused::cpu::q8::isa_name, "Instruction set of the int8 CPU kernels on this CPU");
   m.def("bf16_gemm_widened", [] { return lstm_fused::half_gemm_widened(at::kBFloat16); },
         "Whether a bf16 input projection on the CPU runs as an fp32 GEMM on widened operands");
   m.def("forward_unboxed", &forward_unboxed, "lstm_fused::forward through the C++ dispatcher (eager calls)",

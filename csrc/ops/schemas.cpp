@@ -11,6 +11,14 @@
 // gru_forward / gru_backward: the same for a GRU layer (gates r, z, n; CPU only): w_ih [3H, I],
 //   w_hh [3H, H], h0 [B, H]; returns y, h_n and when save gates [N, 3H] (activated r, z, n) and
 //   hn [N, H] (h W_hn^T + b_hn); gru_backward returns db_ih and db_hh apart (they differ in n).
+// q8_*: int8 inference (CPU only; numerics and packed layout in csrc/kernels/cpu/q8.h).
+//   q8_pack: w [gates * units, K] float32 quantized per row and packed: packed int8
+//   [ceil(units / 16) * gates, ceil(K / 4), 16, 4], scale float32 and colsum int32 [blocks * 16].
+//   q8_linear: x [..., K] times a packed weight ([packed, scale, colsum]) -> [..., blocks * 16] in
+//   the packed column order, plus bias (same order) if given; x quantized per row.
+//   q8_forward: one LSTM layer and direction (c0 [B, H] given; w_hr [] or a packed [P, H]) or GRU
+//   layer (c0 None; bias_hn [blocks(H) * 16] is b_hn), x and h0 as forward's; bias is b_ih + b_hh
+//   in the packed order (GRU's n gate: b_in). Returns y, h_n and c_n ([0] for a GRU).
 #include <torch/library.h>
 
 TORCH_LIBRARY(lstm_fused, m) {
@@ -30,4 +38,9 @@ TORCH_LIBRARY(lstm_fused, m) {
       "gru_backward(Tensor grad_y, Tensor grad_hn, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor y, "
       "Tensor gates, Tensor hn, Tensor? batch_sizes, bool reverse, bool has_bias) -> "
       "(Tensor dx, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, Tensor db_hh, Tensor dh0)");
+  m.def("q8_pack(Tensor w, int gates) -> (Tensor packed, Tensor scale, Tensor colsum)");
+  m.def("q8_linear(Tensor x, Tensor[] w, Tensor? bias) -> Tensor");
+  m.def(
+      "q8_forward(Tensor x, Tensor[] w_ih, Tensor[] w_hh, Tensor[] w_hr, Tensor? bias, Tensor? bias_hn, "
+      "Tensor h0, Tensor? c0, Tensor? batch_sizes, bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n)");
 }

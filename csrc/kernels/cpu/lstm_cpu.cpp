@@ -49,13 +49,17 @@ Isa detect() {
   return Isa::kBaseline;
 }
 
-// LSTM_FUSED_CPU_ISA=baseline|avx2|avx512|amx caps the choice (tests run every path on one machine).
+// LSTM_FUSED_CPU_ISA=baseline|avx2|avx_vnni|avx512|amx caps the choice (tests run every path on one machine).
 Isa choose() {
   const Isa best = detect();
   const char* want = std::getenv("LSTM_FUSED_CPU_ISA");
   if (!want) return best;
   const std::string w(want);
-  const Isa cap = w == "baseline" ? Isa::kBaseline : w == "avx2" ? Isa::kAvx2 : w == "avx512" ? Isa::kAvx512 : Isa::kAmx;
+  // (avx_vnni caps the int8 kernels, q8.cpp, at ymm VNNI: the float ones at AVX2.)
+  const Isa cap = w == "baseline"                     ? Isa::kBaseline
+                  : (w == "avx2" || w == "avx_vnni") ? Isa::kAvx2
+                  : w == "avx512"                     ? Isa::kAvx512
+                                                      : Isa::kAmx;
   return static_cast<int>(cap) < static_cast<int>(best) ? cap : best;
 }
 
