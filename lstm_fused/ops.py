@@ -200,6 +200,20 @@ Q8_BLOCK = 16  # units per packed block
 Q8_GROUP = 4   # k's per packed group
 
 
+_q8_forward_layer_unboxed = _C.q8_forward_layer_unboxed
+
+
+def call_q8_forward_layer(x, w_ih, w_hh, w_hr, bias, bias_hn, h0, c0, batch_sizes):
+    """An int8 stack of one layer and one direction: ``q8_forward`` with the states as the module
+    holds them ([1, B, *]), returning (y, h_n, c_n) with that leading dim (c_n [0] for a GRU, c0
+    None). Eagerly one C++ call, as call_forward_layer."""
+    if _python_op_only((x, *w_ih, *w_hh, *w_hr, bias, bias_hn, h0, c0, batch_sizes)):
+        y, h, c = q8_forward(x, w_ih, w_hh, w_hr, bias, bias_hn, h0[0], None if c0 is None else c0[0], batch_sizes,
+                             False)
+        return y, h.unsqueeze(0), c if c0 is None else c.unsqueeze(0)
+    return _q8_forward_layer_unboxed(x, w_ih, w_hh, w_hr, bias, bias_hn, h0, c0, batch_sizes)
+
+
 @torch.library.register_fake("lstm_fused::q8_pack")
 def _q8_pack_fake(w, gates):
     units, K = w.shape[0] // gates, w.shape[1]

@@ -76,6 +76,27 @@ std::tuple<at::Tensor, at::Tensor> gru_forward_layer_unboxed(
   return {std::move(std::get<0>(out)), std::get<1>(out).unsqueeze(0)};
 }
 
+using Q8ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, at::TensorList, at::TensorList, at::TensorList, const c10::optional<at::Tensor>&,
+    const c10::optional<at::Tensor>&, const at::Tensor&, const c10::optional<at::Tensor>&,
+    const c10::optional<at::Tensor>&, bool);
+
+// An int8 stack of one layer and one direction (lstm_fused/quantized.py), as forward_layer_unboxed:
+// lstm_fused::q8_forward through the dispatcher's C++ entry, h0 / c0 [1, B, *] selected and h_n /
+// c_n unsqueezed here (a streaming step of the int8 LSTM is ~15 us in all).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> q8_forward_layer_unboxed(
+    const at::Tensor& x, const std::vector<at::Tensor>& w_ih, const std::vector<at::Tensor>& w_hh,
+    const std::vector<at::Tensor>& w_hr, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& bias_hn, const at::Tensor& h0, const c10::optional<at::Tensor>& c0,
+    const c10::optional<at::Tensor>& batch_sizes) {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("lstm_fused::q8_forward", "").typed<Q8ForwardSig>();
+  const c10::optional<at::Tensor> c = c0 ? c10::optional<at::Tensor>(c0->select(0, 0)) : c10::nullopt;
+  auto out = op.call(x, w_ih, w_hh, w_hr, bias, bias_hn, h0.select(0, 0), c, batch_sizes, false);
+  at::Tensor c_n = c0 ? std::get<2>(out).unsqueeze(0) : std::get<2>(out);
+  return {std::move(std::get<0>(out)), std::get<1>(out).unsqueeze(0), c_n};
+}
+
 // Whether a direction's W_hh (as the kernel packs it, in the accumulation dtype) takes at most
 // half of one core's L2: a direction alone on a core streams all of it every step, where two
 // threads splitting the steps each stream half. Measured on a Xeon with 2 MB of L2 per core, two
@@ -148,6 +169,9 @@ PYBIND11_MODULE(_C, m) {
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("gru_forward_layer_unboxed", &gru_forward_layer_unboxed,
         "A one-layer, one-direction GRU stack's lstm_fused::gru_forward call, h0 and h_n with their layer dim",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("q8_forward_layer_unboxed", &q8_forward_layer_unboxed,
+        "A one-layer, one-direction int8 stack's lstm_fused::q8_forward call, states with their layer dim",
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("forward_pair_unboxed", &forward_pair_unboxed,
         "A bidirectional layer's two lstm_fused::forward calls, concurrently on two CPU threads",

@@ -161,7 +161,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> q8_forward_cpu(
   at::Tensor y = at::empty(output_sizes(x, P), x.options());
   at::Tensor h_n = at::empty({B, P}, x.options());
   at::Tensor c_n = gru ? at::empty({0}, x.options()) : at::empty({B, H}, x.options());
-  at::Tensor gbuf = empty_reused({std::max<int64_t>(N, 1), p.w_ih.cols()}, x.options());
+  // The loop takes the input projection where a step fills the register tiles (from 4 rows);
+  // smaller steps run it as one product over the sequence (the tiles would read W_ih for a row
+  // or two).
+  const bool fuse_input = N >= 4 * std::max<int64_t>(T, 1);
+  at::Tensor gbuf, xq, xs, xz;
+  if (fuse_input) {
+    xq = empty_reused({N, p.w_ih.Kp}, x.options().dtype(at::kByte));
+    xs = at::empty({N}, x.options());
+    xz = at::empty({N}, x.options().dtype(at::kInt));
+    p.xq = xq.mutable_data_ptr<uint8_t>();
+    p.xs = xs.mutable_data_ptr<float>();
+    p.xz = xz.mutable_data_ptr<int32_t>();
+  } else {
+    gbuf = empty_reused({std::max<int64_t>(N, 1), p.w_ih.cols()}, x.options());
+    p.gates = gbuf.mutable_data_ptr<float>();
+  }
   p.T = T;
   p.B = B;
   p.I = I;
@@ -176,7 +191,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> q8_forward_cpu(
   p.y = y.mutable_data_ptr<float>();
   p.h_n = h_n.mutable_data_ptr<float>();
   p.c_n = gru ? nullptr : c_n.mutable_data_ptr<float>();
-  p.gates = gbuf.mutable_data_ptr<float>();
   p.num_threads = q8_threads(T, N / std::max<int64_t>(T, 1), p.w_hh.cols(), p.w_hh.Kp);
   if (B > 0) q8::layer_forward(p);
   return {y, h_n, c_n};

@@ -1,8 +1,8 @@
 // The int8 layer loops, written once and compiled once per instruction set (q8_<isa>.cpp defines
 // LSTM_ISA, LSTM_VEC_BYTES and Q8_LEVEL, sets the target pragma and includes this file).
 //
-// One call: the team quantizes x row by row and runs the input projection over every row (rows
-// split across threads), then the time loop: threads split the unit blocks, each computing all
+// One call: the team quantizes x row by row and, unless the loop takes it (LayerParams::xq),
+// runs the input projection over every row (rows split across threads), then the time loop: threads split the unit blocks, each computing all
 // gates of its units, so the cell update needs no exchange; after a step, the new h rows are
 // quantized (rows split) for the next step's product. Two barriers a step (four with a
 // projection, whose product needs the whole quantized o * tanh(c) row).
@@ -19,6 +19,7 @@ namespace LSTM_ISA {
 
 constexpr int U = LSTM_VEC_BYTES / 4;  // float lanes
 constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds |v| < 2^22 half to even
+typedef uint8_t vbyte __attribute__((vector_size(U)));
 
 // q8.h's activation quantization of a[0, K) into q[0, Kp) (the padding gets the zero point, which
 // meets zero weights). A row with a NaN or an infinity gets a NaN scale and q = 0, so that every
@@ -63,8 +64,8 @@ inline void quantize_row(const float* a, int64_t K, int64_t Kp, uint8_t* q, floa
     vfloat v = (loadu<vfloat>(a + k) / s + kRound) - kRound + z;
     v = v < 0.0f ? vfloat{} : v;
     v = v > 255.0f ? vfloat{} + 255.0f : v;
-    const vint iv = __builtin_convertvector(v, vint);
-    for (int l = 0; l < U; ++l) q[k + l] = static_cast<uint8_t>(iv[l]);
+    const vbyte b = __builtin_convertvector(__builtin_convertvector(v, vint), vbyte);
+    std::memcpy(q + k, &b, sizeof b);
   }
   for (; k < K; ++k) {
     const float v = std::min(255.0f, std::max(0.0f, (a[k] / s + kRound) - kRound + z));
@@ -132,11 +133,18 @@ struct State {
   std::vector<int32_t> hz, rz;
 };
 
-// The cell update of `rows` rows from row0 (sequence b = r) and unit block jb, from the int32 sums
-// tmp [rows][gates * 16] of h W_hh^T.
+// float(sum - z * colsum) * (s * scale) on the U lanes from column c.
+inline vfloat dequant(const int32_t* sum, int32_t z, float s, const q8::Weight& W, int64_t c) {
+  const vint acc = loadu<vint>(sum) - z * loadu<vint>(W.colsum + c);
+  return __builtin_convertvector(acc, vfloat) * (s * loadu<vfloat>(W.scale + c));
+}
+
+// The cell update of `rows` rows (sequences b0 + r, rows row0 + b0 + r) and unit block jb, from
+// the int32 sums tmp [rows][gates * 16] of h W_hh^T, and where the loop takes the input
+// projection, tmpx [rows][gates * 16] of x W_ih^T (else the gate buffer holds it, dequantized).
 template <bool kGru>
-inline void cell_rows(const q8::LayerParams& p, State& st, const int32_t* tmp, int64_t ldt, int64_t b0, int rows,
-                      int64_t row0, int64_t jb, bool proj) {
+inline void cell_rows(const q8::LayerParams& p, State& st, const int32_t* tmp, const int32_t* tmpx, int64_t ldt,
+                      int64_t b0, int rows, int64_t row0, int64_t jb, bool proj) {
   constexpr int G = kGru ? 3 : 4;
   const q8::Weight& W = p.w_hh;
   const int64_t gcols = W.cols();
@@ -152,9 +160,13 @@ inline void cell_rows(const q8::LayerParams& p, State& st, const int32_t* tmp, i
       vfloat rec[G], pre[G];
       for (int g = 0; g < G; ++g) {
         const int64_t c = (jb * G + g) * kBlock + l0;
-        const vint acc = loadu<vint>(tmp + r * ldt + g * kBlock + l0) - z * loadu<vint>(W.colsum + c);
-        rec[g] = __builtin_convertvector(acc, vfloat) * (s * loadu<vfloat>(W.scale + c));
-        pre[g] = loadu<vfloat>(grow + c);
+        rec[g] = dequant(tmp + r * ldt + g * kBlock + l0, z, s, W, c);
+        if (tmpx) {  // as gemm_dequant would have written it to the gate buffer
+          pre[g] = dequant(tmpx + r * ldt + g * kBlock + l0, p.xz[row], p.xs[row], p.w_ih, c);
+          if (p.bias) pre[g] += loadu<vfloat>(p.bias + c);
+        } else {
+          pre[g] = loadu<vfloat>(grow + c);
+        }
       }
       vfloat h;
       if constexpr (kGru) {
@@ -188,7 +200,8 @@ void layer_loop(const q8::LayerParams& p) {
   const int64_t T = p.T, B = p.B, H = p.H, P = p.P;
   std::vector<int64_t> off(T + 1, 0);
   for (int64_t t = 0; t < T; ++t) off[t + 1] = off[t] + step_rows(p.batch_sizes, B, t);
-  const int64_t N = off[T], nblk = p.w_hh.nblk, Pk = p.w_hh.Kp, Hk = proj ? p.w_hr.Kp : 0;
+  const int64_t N = off[T], nblk = p.w_hh.nblk, Pk = p.w_hh.Kp, Hk = proj ? p.w_hr.Kp : 0, Ik = p.w_ih.Kp;
+  const bool fused = p.xq != nullptr;
   State st;
   st.hq.resize(B * Pk);
   st.hs.resize(B);
@@ -209,26 +222,35 @@ void layer_loop(const q8::LayerParams& p) {
       quantize_row(p.h_n + b * P, P, Pk, st.hq.data() + b * Pk, &st.hs[b], &st.hz[b]);
     }
     split_range(N, tid, nt, &lo, &hi);
-    project_rows(p.x, p.I, lo, hi, p.w_ih, p.bias, p.gates, p.w_ih.cols());
+    if (fused) {
+      for (int64_t r = lo; r < hi; ++r) quantize_row(p.x + r * p.I, p.I, Ik, p.xq + r * Ik, &p.xs[r], &p.xz[r]);
+    } else {
+      project_rows(p.x, p.I, lo, hi, p.w_ih, p.bias, p.gates, p.w_ih.cols());
+    }
     bar.wait();
     int64_t j0, j1;
     split_range(nblk, tid, nt, &j0, &j1);
     int64_t pb0 = 0, pb1 = 0;
     if (proj) split_range(p.w_hr.nblk, tid, nt, &pb0, &pb1);
     constexpr int64_t ldt = G * kBlock;
-    alignas(64) int32_t tmp[kTileRows * ldt];
+    alignas(64) int32_t tmp[kTileRows * ldt], tmpx[kTileRows * ldt];
     alignas(64) int32_t ptmp[kTileRows * kTileBlocks * kBlock];
-    const int64_t wstride = Pk * kBlock;
+    const int64_t wstride = Pk * kBlock, xstride = Ik * kBlock;
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = p.reverse ? T - 1 - s : s, rows = off[t + 1] - off[t], row0 = off[t];
       for (int64_t jb = j0; jb < j1; ++jb) {
         const int8_t* wb = p.w_hh.w + jb * G * wstride;
+        const int8_t* xb = p.w_ih.w + jb * G * xstride;
         for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
           const int nr = static_cast<int>(std::min<int64_t>(kTileRows, rows - r0));
-          for (int g0 = 0; g0 < G; g0 += kTileBlocks)
-            dot_tile_n(nr, std::min(kTileBlocks, G - g0), st.hq.data() + r0 * Pk, Pk, wb + g0 * wstride, wstride,
-                       Pk / 4, tmp + g0 * kBlock, ldt);
-          cell_rows<kGru>(p, st, tmp, ldt, r0, nr, row0, jb, proj);
+          for (int g0 = 0; g0 < G; g0 += kTileBlocks) {
+            const int nv = std::min(kTileBlocks, G - g0);
+            if (fused)
+              dot_tile_n(nr, nv, p.xq + (row0 + r0) * Ik, Ik, xb + g0 * xstride, xstride, Ik / 4, tmpx + g0 * kBlock,
+                         ldt);
+            dot_tile_n(nr, nv, st.hq.data() + r0 * Pk, Pk, wb + g0 * wstride, wstride, Pk / 4, tmp + g0 * kBlock, ldt);
+          }
+          cell_rows<kGru>(p, st, tmp, fused ? tmpx : nullptr, ldt, r0, nr, row0, jb, proj);
         }
       }
       bar.wait();
