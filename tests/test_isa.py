@@ -1,5 +1,6 @@
 """Each instruction-set copy of the CPU loops (AMX, AVX-512, AVX2, baseline) against torch.nn.LSTM
-and torch.nn.GRU.
+and torch.nn.GRU, and each copy of the int8 loops (AVX512-VNNI, ymm VNNI, AVX2, baseline) against
+the int8 reference and each other.
 
 The widest path the CPU supports runs everywhere else in the suite; LSTM_FUSED_CPU_ISA caps the
 choice, read once per process, so each path runs here in a subprocess of its own.
@@ -9,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import lstm_fused
 from utils import CELL_NAMES
@@ -134,3 +136,68 @@ def test_isa_path_matches_torch(cell, isa):
                           timeout=600)
     print(proc.stdout, proc.stderr[-2000:])
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+# The int8 kernels' paths (q8.cpp): LSTM_FUSED_CPU_ISA=avx512 (or amx) caps them at AVX512-VNNI,
+# avx_vnni at ymm VNNI (AVX-VNNI's VEX copy where the CPU has it, else AVX512-VNNI's EVEX one).
+_INT8_ORDER = ["baseline", "avx2", "avx_vnni", "avx512_vnni"]
+_INT8_AVAILABLE = _INT8_ORDER[: _INT8_ORDER.index(lstm_fused.int8_isa()) + 1]
+_INT8_ENV = {"baseline": "baseline", "avx2": "avx2", "avx_vnni": "avx_vnni", "avx512_vnni": "avx512"}
+
+_INT8_SCRIPT = r"""
+import sys, torch, lstm_fused
+from torch import nn
+from torch.nn.utils.rnn import pack_sequence
+from lstm_fused import ops, quantized as qz
+assert lstm_fused.int8_isa() == sys.argv[1], (lstm_fused.int8_isa(), sys.argv[1])
+torch.manual_seed(0)
+outs = []
+# q8_linear: the exact int8 product on every tile shape (rows 1..7, odd K, blocks past a tile).
+for N, K, M in ((1, 1, 16), (7, 37, 100), (13, 260, 72)):
+    w, x = torch.randn(M, K), torch.randn(N, K)
+    W = list(ops.q8_pack(w, 1))
+    got = ops.q8_linear(x, W, None)[:, :M]
+    q, s = qz.unpack_weight(W[0], W[1], M, 1, K)
+    assert torch.equal(got, qz._int8_product(x, q, qz.natural_order(W[2], M, 1), s)), (N, K, M)
+    outs.append(got)
+# Layers: B < 4 runs the input projection before the loop, B >= 4 in it; packed rows; projections.
+for cls, kw, B, T, packed in ((nn.LSTM, {}, 1, 7, False), (nn.LSTM, dict(proj_size=6), 9, 5, False),
+                              (nn.LSTM, dict(bidirectional=True), 6, 9, True), (nn.GRU, {}, 3, 8, False),
+                              (nn.GRU, dict(bidirectional=True), 11, 6, True), (nn.LSTM, {}, 40, 3, False)):
+    q = lstm_fused.quantize_dynamic(cls(11, 37, num_layers=2, **kw))
+    x = torch.randn(T, B, 11)
+    with torch.no_grad():
+        if packed:
+            seqs = [x[: int(n), b] for b, n in enumerate(torch.randint(1, T + 1, (B,)))]
+            outs.append(q(pack_sequence(seqs, enforce_sorted=False))[0].data)
+        else:
+            y = q(x)[0]
+            want = lstm_fused.int8_reference(q, x)[0]
+            diff = (y - want).abs()
+            assert diff.max() <= 2e-3 and (diff <= 1e-6).float().mean() >= 0.8, (cls, kw, B, diff.max())
+            outs.append(y)
+torch.save(outs, sys.argv[2])
+print("ok")
+"""
+
+
+def test_int8_isa_paths_match_the_reference_and_each_other(tmp_path):
+    results = {}
+    for isa in _INT8_AVAILABLE:
+        path = str(tmp_path / f"{isa}.pt")
+        env = dict(os.environ, LSTM_FUSED_CPU_ISA=_INT8_ENV[isa])
+        proc = subprocess.run([sys.executable, "-c", _INT8_SCRIPT, isa, path], env=env, capture_output=True, text=True,
+                              timeout=600)
+        print(isa, proc.stdout, proc.stderr[-2000:])
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+        results[isa] = torch.load(path)
+    # The int32 sums are exact on every path and every float operation is rounded on its own, so
+    # the paths on the portable activations (16- and 32-byte vectors) agree bit for bit; AVX-512's
+    # exp differs from theirs in the last ulps.
+    portable = [isa for isa in results if isa != "avx512_vnni"]
+    for isa in portable[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[isa], results[portable[0]])), isa
+    if "avx512_vnni" in results and portable:
+        for a, b in zip(results["avx512_vnni"], results[portable[0]]):
+            diff = (a - b).abs()
+            assert diff.max() <= 2e-3 and (diff <= 1e-6).float().mean() >= 0.8

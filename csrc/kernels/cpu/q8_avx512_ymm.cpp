@@ -4,6 +4,8 @@
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")
+// Every float operation rounded on its own (q8_avx512.cpp says why).
+#pragma GCC optimize("fp-contract=off")
 #define LSTM_ISA q8_avx512_ymm
 #define LSTM_VEC_BYTES 32
 #define Q8_LEVEL 3
