@@ -3,7 +3,8 @@
 Two kinds of record: a Case times one LSTM (or GRU) layer stack on a shape; a ModelCase times a
 whole model step (benchmarks/models.py) with torch's modules against the same model after
 lstm_fused.convert. The CPU grids open with the target table (each row with its required speedup),
-then a spread of other shapes, then the GRU's rows and the model rows; the GPU grids sweep
+then a spread of other shapes, more inference shapes for the int8 contenders, then the GRU's rows
+and the model rows; the GPU grids sweep
 B x H x T x dtype x mode.
 """
 from __future__ import annotations
@@ -196,6 +197,18 @@ def cpu_spread() -> list[Case]:
     ]
 
 
+def cpu_serving_rows() -> list[Case]:
+    """More fp32 inference shapes for the int8 contenders (lstm_fused.quantize_dynamic against ONNX
+    Runtime's and torch.ao's int8), which every fp32 inference row above carries too: a large
+    FLOP-bound batch, and small batches at the same sizes."""
+    return [
+        Case(B=64, T=50, I=512, H=512),
+        Case(B=8, T=50, I=512, H=512),
+        Case(B=4, T=50, I=256, H=256),
+        Case(B=1, T=50, I=256, H=256),
+    ]
+
+
 def cpu_model_rows() -> list[ModelCase]:
     """Whole model steps (benchmarks/models.py), the two greedy-decode rows with their targets."""
     return [
@@ -231,7 +244,8 @@ def with_threads(cases: list, thread_counts: list[Optional[int]]) -> list:
 
 
 def cpu_default(thread_counts: list[Optional[int]]) -> list:
-    return with_threads(cpu_target_rows() + cpu_spread() + cpu_gru_rows() + cpu_model_rows(), thread_counts)
+    return with_threads(cpu_target_rows() + cpu_spread() + cpu_serving_rows() + cpu_gru_rows() + cpu_model_rows(),
+                        thread_counts)
 
 
 def cpu_quick() -> list:

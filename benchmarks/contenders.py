@@ -7,8 +7,8 @@ every parameter, so nothing accumulates between calls), or a whole streaming loo
 carrying (h, c) (h for a GRU). Contenders: "lstm_fused" (ours), "nn.LSTM" (torch's module: oneDNN on
 CPU, cuDNN on GPU; torch.nn.GRU on the GRU's rows, which keep the name), and where
 asked "reference" (lstm_fused.reference.lstm_reference) and "flashrnn" (GPU); on the CPU's fp32
-LSTM inference rows the serving contenders of benchmarks/serving.py (ONNX Runtime fp32 and int8,
-torch.ao int8). A contender that cannot run a case
+fp32 inference rows the serving contenders of benchmarks/serving.py (lstm_fused's int8 modules;
+on the LSTM's, ONNX Runtime fp32 and int8 and torch.ao int8). A contender that cannot run a case
 is left out with its reason in `skipped` (printed and written to the JSON by the caller).
 Model rows (benchmarks/models.py) keep the two names: "nn.LSTM" is then the model as written, with
 torch's modules, and "lstm_fused" the same model after lstm_fused.convert.

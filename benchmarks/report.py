@@ -9,6 +9,7 @@ from typing import Optional, Union
 from . import perf_model
 from .cases import Case, ModelCase
 from .contenders import FLASHRNN, OURS, TORCH, Contenders
+from .serving import INT8, OURS_INT8
 from .serving import NAMES as SERVING
 from .timing import Timings
 
@@ -58,6 +59,9 @@ def case_result(case: Union[Case, ModelCase], key: str, timings: Optional[Timing
     # t(contender) / t(lstm_fused) for every other contender (the serving ones, say): > 1 is ours faster.
     if OURS in c:
         res["ours_vs"] = {k: v["median_ms"] / c[OURS]["median_ms"] for k, v in c.items() if k not in (OURS, TORCH)}
+    # The same for lstm_fused's int8 modules against the other int8 contenders and our own fp32.
+    if OURS_INT8 in c:
+        res["int8_vs"] = {k: c[k]["median_ms"] / c[OURS_INT8]["median_ms"] for k in (*INT8, OURS) if k in c}
     return res
 
 
@@ -105,13 +109,19 @@ def progress_line(i: int, n: int, res: dict) -> str:
     return line
 
 
+# Column names of the table (the JSON keeps the full names).
+_SHORT = {"onnxruntime": "ort", "onnxruntime-int8": "ort8", "torch.ao-int8": "ao8", OURS: "fp32"}
+
+
 def table(results: list[dict]) -> str:
     has_flash = any(FLASHRNN in r["contenders"] for r in results)
-    serving = [n for n in SERVING if any(n in r["contenders"] for r in results)]
+    serving = [n for n in SERVING if n != OURS_INT8 and any(n in r["contenders"] for r in results)]
     cols = ["case", "thr", "ms ours", "ms torch", "speedup"]
     if has_flash:
         cols += ["ms flashrnn"]
-    cols += [f"vs {n}" for n in serving]
+    cols += [f"vs {_SHORT[n]}" for n in serving]
+    int8_vs = [n for n in (*INT8, OURS) if any(n in r.get("int8_vs", {}) for r in results)]
+    cols += [f"i8 vs {_SHORT[n]}" for n in int8_vs]
     cols += ["GFLOP/s", "%gemm", "GB/s", "%copy", "GB/s unf", "target"]
     rows = []
     for r in results:
@@ -125,6 +135,7 @@ def table(results: list[dict]) -> str:
         if has_flash:
             row.append(_fmt(c.get(FLASHRNN, {}).get("median_ms"), ".3f"))
         row += [_fmt(r.get("ours_vs", {}).get(n), ".2f") for n in serving]
+        row += [_fmt(r.get("int8_vs", {}).get(n), ".2f") for n in int8_vs]
         row += [_fmt(o.get("gflops"), ".1f"), _fmt(o.get("pct_gemm"), ".0f"),
                 _fmt(o.get("gbps"), ".1f"), _fmt(o.get("pct_copy"), ".0f"),
                 _fmt(o.get("gbps_unfused"), ".1f"), r["case"]["target"] or ""]
@@ -139,8 +150,9 @@ def table(results: list[dict]) -> str:
     lines.append("speedup = t(nn.LSTM)/t(lstm_fused), medians; '?' = noisy (a contender's IQR > 20% of "
                  "its median); GFLOP/s, GB/s: lstm_fused's; % of this run's measured GEMM / copy ceilings")
     if serving:
-        lines.append("vs X = t(X)/t(lstm_fused) (> 1: lstm_fused faster); the serving contenders' output errors "
-                     "against torch.nn.LSTM are in the JSON's notes")
+        lines.append("vs X = t(X)/t(lstm_fused) (> 1: lstm_fused faster); i8 vs X = t(X)/t(lstm_fused-int8); "
+                     "ort, ort8: ONNX Runtime fp32 and int8, ao8: torch.ao int8, fp32: lstm_fused; the serving "
+                     "contenders' output errors against torch's module are in the JSON's notes")
     if any(r["case"]["kind"] == "model" for r in results):
         lines.append("model rows: the whole step of the model as written (torch's modules) over the same "
                      "model after lstm_fused.convert; no rates (the LSTMs are a part of the step)")

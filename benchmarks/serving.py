@@ -1,6 +1,8 @@
-"""CPU serving contenders on the LSTM inference rows: ONNX Runtime in fp32 and with its dynamic int8
-quantization (onnxruntime.quantization.quantize_dynamic, which turns the LSTM node into
-DynamicQuantizeLSTM), and torch.ao's dynamic int8 LSTM (torch.ao.quantization.quantize_dynamic).
+"""CPU serving contenders on the fp32 inference rows: lstm_fused's own int8 modules
+(lstm_fused.quantize_dynamic; LSTM and GRU rows, any input), and on the LSTM's: ONNX Runtime in
+fp32 and with its dynamic int8 quantization (onnxruntime.quantization.quantize_dynamic, which turns
+the LSTM node into DynamicQuantizeLSTM), and torch.ao's dynamic int8 LSTM
+(torch.ao.quantization.quantize_dynamic).
 
 Each holds torch.nn.LSTM's weights: the ONNX contenders run the model torch.onnx.export writes for
 it (the TorchScript-based exporter, batch and sequence dynamic), run with the case's thread
@@ -20,11 +22,22 @@ import warnings
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from .cases import Case
 
-ORT, ORT_INT8, AO_INT8 = "onnxruntime", "onnxruntime-int8", "torch.ao-int8"
-NAMES = (ORT, ORT_INT8, AO_INT8)
+OURS_INT8, ORT, ORT_INT8, AO_INT8 = "lstm_fused-int8", "onnxruntime", "onnxruntime-int8", "torch.ao-int8"
+NAMES = (OURS_INT8, ORT, ORT_INT8, AO_INT8)
+INT8 = (ORT_INT8, AO_INT8)  # the int8 contenders lstm_fused-int8 is compared with
+
+
+def why_not_int8(case: Case, device: torch.device) -> str | None:
+    """Why lstm_fused's int8 modules do not run a case, or None when they do."""
+    if device.type != "cpu":
+        return "int8 runs on the CPU"
+    if case.training or case.dtype != "float32":
+        return "fp32 inference rows only"
+    return None
 
 
 def why_not(case: Case, device: torch.device) -> str | None:
@@ -107,18 +120,33 @@ def _error(got, ref: torch.Tensor) -> float:
     return float((got - ref).abs().max() / ref.abs().max())
 
 
-def add(case: Case, ref: nn.LSTM, device: torch.device, out, x: torch.Tensor | None, unit_fn) -> None:
+def _data(t):
+    return t.data if isinstance(t, PackedSequence) else t
+
+
+def add(case: Case, ref: nn.Module, device: torch.device, out, x, unit_fn) -> None:
     """Adds the serving contenders of a case to `out` (benchmarks.contenders.Contenders), or their
-    reasons to out.skipped. x: the case's dense input (None when streaming); unit_fn(model) builds
-    a torch module's timed unit as the other contenders have it."""
-    reason = why_not(case, device)
-    if reason:
-        for name in NAMES:
-            out.skipped[name] = reason
-        return
+    reasons to out.skipped. ref: torch's module; x: the case's input (a PackedSequence when packed;
+    None when streaming); unit_fn(model) builds a torch module's timed unit as the other contenders
+    have it."""
     g = torch.Generator().manual_seed(2)
     xs = [torch.randn(1, case.B, case.I, generator=g) for _ in range(case.stream_calls)] if case.stream_calls else None
     probe = x if xs is None else xs[0]
+    int8_reason = why_not_int8(case, device)
+    if int8_reason:
+        out.skipped[OURS_INT8] = int8_reason
+    else:
+        import lstm_fused
+
+        ours = lstm_fused.quantize_dynamic(ref)
+        out.fns[OURS_INT8] = unit_fn(ours)
+        with torch.inference_mode():
+            out.notes[f"{OURS_INT8}_error"] = _error(_data(ours(probe)[0]), _data(ref(probe)[0]))
+    reason = why_not(case, device)
+    if reason:
+        for name in NAMES[1:]:
+            out.skipped[name] = reason
+        return
     n = case.layers * case.directions
     with torch.inference_mode():
         want = ref(probe, (torch.zeros(n, case.B, case.H), torch.zeros(n, case.B, case.H)))[0]

@@ -49,6 +49,18 @@ def test_benchmark_quick_mode(tmp_path):
             assert r["contenders"][name]["median_ms"] > 0 and r["ours_vs"][name] > 0
             assert r["notes"][f"{name}_error"] < (1e-5 if name == "onnxruntime" else 0.5)
     assert all("onnxruntime" in r["skipped"] for r in results if r["case"]["kind"] == "packed")
+    # lstm_fused's int8 modules time every fp32 inference row (GRU, packed, projections too),
+    # compared with the other int8 contenders and our fp32; training and bf16 rows say why not.
+    inference = [r for r in results if r["case"]["kind"] != "model" and not r["case"]["training"]
+                 and r["case"]["dtype"] == "float32"]
+    assert inference and any(r["case"]["kind"] == "packed" for r in inference)
+    for r in inference:
+        assert r["contenders"]["lstm_fused-int8"]["median_ms"] > 0 and r["int8_vs"]["lstm_fused"] > 0
+        assert r["notes"]["lstm_fused-int8_error"] < 0.05
+    for r in serving:
+        assert r["int8_vs"]["onnxruntime-int8"] > 0 and r["int8_vs"]["torch.ao-int8"] > 0
+    assert all("lstm_fused-int8" in r["skipped"] for r in results if r["case"]["kind"] != "model"
+               and (r["case"]["training"] or r["case"]["dtype"] != "float32"))
     model_rows = [r for r in results if r["case"]["kind"] == "model"]
     assert {r["case"]["model"] for r in model_rows} == set(cases.MODEL_NAMES)
     for r in model_rows:
