@@ -160,7 +160,8 @@ for N, K, M in ((1, 1, 16), (7, 37, 100), (13, 260, 72)):
     q, s = qz.unpack_weight(W[0], W[1], M, 1, K)
     assert torch.equal(got, qz._int8_product(x, q, qz.natural_order(W[2], M, 1), s)), (N, K, M)
     outs.append(got)
-# Layers: B < 4 runs the input projection before the loop, B >= 4 in it; packed rows; projections.
+# Layers: B < 4 runs the input projection before the loop, B >= 32 (from 4 with two threads) in it;
+# packed rows; projections.
 for cls, kw, B, T, packed in ((nn.LSTM, {}, 1, 7, False), (nn.LSTM, dict(proj_size=6), 9, 5, False),
                               (nn.LSTM, dict(bidirectional=True), 6, 9, True), (nn.GRU, {}, 3, 8, False),
                               (nn.GRU, dict(bidirectional=True), 11, 6, True), (nn.LSTM, {}, 40, 3, False)):

@@ -161,15 +161,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> q8_forward_cpu(
   at::Tensor y = at::empty(output_sizes(x, P), x.options());
   at::Tensor h_n = at::empty({B, P}, x.options());
   at::Tensor c_n = gru ? at::empty({0}, x.options()) : at::empty({B, H}, x.options());
-  // The loop takes the input projection from 16 rows a step, or from 4 (a step's register tiles
+  // The loop takes the input projection from 32 rows a step, or from 4 (a step's register tiles
   // full) with a team. Measured on a Zen 4 (AVX512-VNNI), T = 50-100, I = H, in the loop against
-  // before it: 1 thread B32 H256 0.95x of the time, B8 H512 1.02x, B4 H256 1.04x; 2 threads B4
-  // H256 0.60x (the product over the sequence split by rows, the loop's share of a step small),
-  // B8 H512 0.97x, B32 H256 0.95x, B64 H512 0.93x. Below 4 rows a tile would read W_ih for a row
-  // or two.
+  // before it (alternating processes, medians): 1 thread B4 H256 1.07x of the time, B8 H256 1.07x,
+  // B8 H512 1.01x, B16 H256 1.02x, B32 H256 0.95x; 2 threads B4 H256 0.60x (the product over the
+  // sequence split by rows, the loop's share of a step small), B8 H512 0.97x, B32 H256 0.95x, B64
+  // H512 0.93x. Below 4 rows a tile would read W_ih for a row or two.
   const int threads = q8_threads(T, N / std::max<int64_t>(T, 1), p.w_hh.cols(), p.w_hh.Kp);
   const int64_t rows = N / std::max<int64_t>(T, 1);
-  const bool fuse_input = rows >= 16 || (rows >= 4 && threads > 1);
+  const bool fuse_input = rows >= 32 || (rows >= 4 && threads > 1);
   at::Tensor gbuf, xq, xs, xz;
   if (fuse_input) {
     xq = empty_reused({N, p.w_ih.Kp}, x.options().dtype(at::kByte));
