@@ -124,6 +124,8 @@ def _empty_quantized(module, gru):
 
 
 def _check_inference(module, tensors):
+    """Refuses training mode and autograd, so that the ops may run below the autograd layer (under
+    torch.no_grad() as in inference mode: the layer's Python kernel costs ~5 us a call)."""
     if module.training:
         raise RuntimeError(
             f"lstm_fused: {type(module).__name__} runs int8 weights and is for inference only, but it is in "
@@ -178,6 +180,12 @@ class Int8LSTMForward(_Int8Forward, LSTMForward):
         _check_inference(self, (x, h0, c0))
         if autocast:
             x, h0, c0 = x.float(), h0.float(), c0.float()
+        if functional._below_autograd(False):
+            with torch._C._AutoDispatchBelowAutograd():
+                return self._int8_layers(x, h0, c0, batch_sizes)
+        return self._int8_layers(x, h0, c0, batch_sizes)
+
+    def _int8_layers(self, x, h0, c0, batch_sizes):
         layers = self._q8_layers()
         if len(layers) == 1:  # one crossing into C++ for the common, streaming case
             w_ih, w_hh, w_hr, bias, _ = layers[0]
@@ -200,6 +208,12 @@ class Int8GRUForward(_Int8Forward, GRUForward):
     def _fused_layers(self, x, hx, batch_sizes, w_dtype):
         _check_inference(self, (x, hx))
         x, hx = x.float(), hx.float()
+        if functional._below_autograd(False):
+            with torch._C._AutoDispatchBelowAutograd():
+                return self._int8_layers(x, hx, batch_sizes)
+        return self._int8_layers(x, hx, batch_sizes)
+
+    def _int8_layers(self, x, hx, batch_sizes):
         layers = self._q8_layers()
         if len(layers) == 1:
             w_ih, w_hh, _, bias, bias_hn = layers[0]
