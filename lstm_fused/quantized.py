@@ -180,7 +180,7 @@ class Int8LSTMForward(_Int8Forward, LSTMForward):
         _check_inference(self, (x, h0, c0))
         if autocast:
             x, h0, c0 = x.float(), h0.float(), c0.float()
-        if functional._below_autograd(False):
+        if not torch.compiler.is_compiling() and functional._below_autograd(False):
             with torch._C._AutoDispatchBelowAutograd():
                 return self._int8_layers(x, h0, c0, batch_sizes)
         return self._int8_layers(x, h0, c0, batch_sizes)
@@ -208,7 +208,7 @@ class Int8GRUForward(_Int8Forward, GRUForward):
     def _fused_layers(self, x, hx, batch_sizes, w_dtype):
         _check_inference(self, (x, hx))
         x, hx = x.float(), hx.float()
-        if functional._below_autograd(False):
+        if not torch.compiler.is_compiling() and functional._below_autograd(False):
             with torch._C._AutoDispatchBelowAutograd():
                 return self._int8_layers(x, hx, batch_sizes)
         return self._int8_layers(x, hx, batch_sizes)
