@@ -36,6 +36,44 @@ def _lstm_fused_isa():
     return lstm_fused.cpu_isa()
 
 
+def _cpu_flags() -> list[str]:
+    """The /proc/cpuinfo flags the kernels' dispatch and the int8 contenders depend on."""
+    wanted = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile",
+              "amx_bf16", "amx_int8"}
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(wanted.intersection(flags))
+
+
+def _caches() -> dict:
+    """CPU 0's caches from sysfs: {"L1d": "32K", "L2": "1024K", ...} (per core for L1 and L2)."""
+    out = {}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return out
+    for entry in entries:
+        def read(name):
+            with open(os.path.join(base, entry, name)) as f:
+                return f.read().strip()
+        try:
+            kind = read("type")
+            out[f"L{read('level')}" + {"Data": "d", "Instruction": "i"}.get(kind, "")] = read("size")
+        except OSError:
+            continue
+    return out
+
+
+def _lstm_fused_int8_isa():
+    import lstm_fused
+
+    return lstm_fused.int8_isa()
+
+
 def _onednn_bf16():
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -51,6 +89,9 @@ def describe(device: torch.device) -> tuple[dict, dict]:
         "torch_default_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "lstm_fused_cpu_isa": _lstm_fused_isa(),  # which copy of our CPU loops runs
+        "lstm_fused_int8_isa": _lstm_fused_int8_isa(),  # which copy of the int8 loops runs
+        "cpu_flags": _cpu_flags(),
+        "caches": _caches(),
         "onednn_bf16": _onednn_bf16(),  # whether torch's oneDNN runs bf16 GEMMs on this CPU
         "platform": platform.platform(),
         "load_average_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -78,6 +119,12 @@ def describe(device: torch.device) -> tuple[dict, dict]:
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
     }
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError as e:
+        versions["onnxruntime"] = f"not available ({type(e).__name__})"
     try:
         import flashrnn  # noqa: F401
         from importlib.metadata import version
