@@ -38,7 +38,9 @@ class FusedGRUMixin(GRUForward, nn.GRU):
 _MODULES = {nn.LSTM: (LSTM, FusedLSTMMixin, LSTMForward), nn.GRU: (GRU, FusedGRUMixin, GRUForward)}
 # torch's cell -> lstm_fused's, which derives from it (and is the mixin for subclasses).
 _CELLS = {nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell}
-_FUSED = (LSTM, GRU, LSTMCell, GRUCell, FusedLSTMMixin, FusedGRUMixin)
+# lstm_fused's modules and cells, converted subclasses, and quantize_dynamic's int8 modules (whose
+# forwards are LSTMForward / GRUForward too): convert leaves them as they are.
+_FUSED = (LSTMForward, GRUForward, LSTMCell, GRUCell)
 
 
 def convert(model):
@@ -145,12 +147,17 @@ def _converted_class(original):
     or cells): one per original class, named as it is."""
     base = _torch_base(original)
     mixin = _MODULES[base][1] if base in _MODULES else _CELLS[base]
+    return derived_class(original, mixin, _lstm_fused_original=original, __reduce_ex__=_reduce_converted)
+
+
+def derived_class(original, mixin, **attrs):
+    """A class derived from ``original`` and ``mixin`` (in that order, so that the mixin's methods
+    come after the user's and before torch's), named as ``original``, with ``attrs``."""
     return type(original.__name__, (original, mixin), {
         "__module__": original.__module__,
         "__qualname__": original.__qualname__,
         "__doc__": original.__doc__,
-        "_lstm_fused_original": original,
-        "__reduce_ex__": _reduce_converted,
+        **attrs,
     })
 
 

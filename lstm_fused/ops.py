@@ -219,7 +219,8 @@ def _q8_pack_fake(w, gates):
     units, K = w.shape[0] // gates, w.shape[1]
     blocks = -(-units // Q8_BLOCK) * gates
     return (w.new_empty((blocks, -(-K // Q8_GROUP), Q8_BLOCK, Q8_GROUP), dtype=torch.int8),
-            w.new_empty((blocks * Q8_BLOCK,)), w.new_empty((blocks * Q8_BLOCK,), dtype=torch.int32))
+            w.new_empty((blocks * Q8_BLOCK,)), w.new_empty((blocks * Q8_BLOCK,), dtype=torch.int32),
+            w.new_empty((2,), dtype=torch.int64))
 
 
 @torch.library.register_fake("lstm_fused::q8_linear")

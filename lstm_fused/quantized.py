@@ -2,7 +2,7 @@
 
 ``quantize_dynamic(model)`` is shaped like torch.ao.quantization.quantize_dynamic for the
 recurrent layers: every LSTM and GRU inside ``model`` (torch's, lstm_fused's, and subclasses of
-torch's as forecasting libraries write them) runs int8 weights from then on:
+either, as forecasting libraries write them) runs int8 weights from then on:
 
 - weights int8, symmetric, one scale per output row, packed once (csrc/kernels/cpu/q8.h);
 - x, h_{t-1} (and o * tanh(c) before a projection) quantized on the fly, a scale and zero point
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import functional, ops
-from .convert import _HOOK_DICTS, _route_direct_calls, _swap
+from .convert import _HOOK_DICTS, _route_direct_calls, _swap, derived_class
 from .modules import GRU, LSTM, GRUForward, LSTMForward, _check_constructor_args
 
 _BLOCK, _GROUP = ops.Q8_BLOCK, ops.Q8_GROUP
@@ -58,16 +58,17 @@ def unpack_weight(packed, scale, units, gates, K):
 
 
 def _layer_names(module, gru):
-    """Per layer and direction: the buffer names of (w_ih, w_hh, w_hr) (each a [packed, scale,
-    colsum] triple; w_hr empty without a projection), the packed bias and GRU's packed b_hn."""
+    """Per layer and direction: the buffer names of (w_ih, w_hh, w_hr) (each [packed, scale, colsum,
+    shape] as q8_pack returns them; w_hr empty without a projection), the packed bias and GRU's
+    packed b_hn."""
     D = 2 if module.bidirectional else 1
     names = []
     for layer in range(module.num_layers):
         for d in range(D):
             sfx = f"_l{layer}{'_reverse' if d else ''}"
-            triple = lambda w: tuple(f"{w}{sfx}_{part}" for part in ("int8", "scale", "colsum"))  # noqa: E731
-            w_hr = triple("weight_hr") if getattr(module, "proj_size", 0) > 0 else ()
-            names.append((triple("weight_ih"), triple("weight_hh"), w_hr,
+            parts = lambda w: tuple(f"{w}{sfx}_{part}" for part in ("int8", "scale", "colsum", "shape"))  # noqa: E731
+            w_hr = parts("weight_hr") if getattr(module, "proj_size", 0) > 0 else ()
+            names.append((parts("weight_ih"), parts("weight_hh"), w_hr,
                           f"bias{sfx}" if module.bias else None, f"bias_hn{sfx}" if gru and module.bias else None))
     return names
 
@@ -106,17 +107,18 @@ def _empty_quantized(module, gru):
     P = getattr(module, "proj_size", 0) or H
     D = 2 if module.bidirectional else 1
 
-    def triple(names, units, gates, K):
+    def weight(names, units, gates, K):
         blocks = _blocks(units) * gates
         module.register_buffer(names[0], torch.zeros(blocks, -(-K // _GROUP), _BLOCK, _GROUP, dtype=torch.int8))
         module.register_buffer(names[1], torch.ones(blocks * _BLOCK))
         module.register_buffer(names[2], torch.zeros(blocks * _BLOCK, dtype=torch.int32))
+        module.register_buffer(names[3], torch.tensor([units, K]))
 
     for k, (ih, hh, hr, bias, bias_hn) in enumerate(_layer_names(module, gru)):
-        triple(ih, H, G, module.input_size if k < D else P * D)
-        triple(hh, H, G, P)
+        weight(ih, H, G, module.input_size if k < D else P * D)
+        weight(hh, H, G, P)
         if hr:
-            triple(hr, P, 1, H)
+            weight(hr, P, 1, H)
         if bias:
             module.register_buffer(bias, torch.zeros(_blocks(H) * G * _BLOCK))
         if bias_hn:
@@ -145,32 +147,27 @@ class _Int8Forward:
         return torch.float32
 
     def _q8_layers(self):
-        """Per layer and direction: (w_ih, w_hh, w_hr, bias, bias_hn) as q8_forward takes them.
-        Kept between calls (a streaming step is ~15 us; this takes ~1); dropped when a buffer is
-        replaced (register_buffer, an assignment, .to() and the like)."""
-        layers = self.__dict__.get("_q8_cache")
-        if layers is not None:
-            return layers
-        names = _layer_names(self, self._Q8_GRU)
+        """Per layer and direction: (w_ih, w_hh, w_hr, bias, bias_hn) as q8_forward takes them,
+        read by name on every call (torch.func.functional_call and torch.export swap buffers in
+        _buffers); the names are made once (~1 us of a ~12 us streaming step)."""
+        names = self.__dict__.get("_q8_names")
+        if names is None:
+            names = self.__dict__["_q8_names"] = _layer_names(self, self._Q8_GRU)
         get = self._buffers.get
-        layers = [([get(n) for n in ih], [get(n) for n in hh], [get(n) for n in hr],
-                   get(bias) if bias else None, get(bias_hn) if bias_hn else None)
-                  for ih, hh, hr, bias, bias_hn in names]
-        self.__dict__["_q8_cache"] = layers
-        return layers
+        return [([get(n) for n in ih], [get(n) for n in hh], [get(n) for n in hr],
+                 get(bias) if bias else None, get(bias_hn) if bias_hn else None)
+                for ih, hh, hr, bias, bias_hn in names]
 
     def _apply(self, fn, *args, **kwargs):
-        self.__dict__.pop("_q8_cache", None)
-        return super()._apply(fn, *args, **kwargs)
-
-    def register_buffer(self, name, tensor, persistent=True):
-        self.__dict__.pop("_q8_cache", None)
-        return super().register_buffer(name, tensor, persistent)
-
-    def __setattr__(self, name, value):
-        if name in self.__dict__.get("_buffers", ()):
-            self.__dict__.pop("_q8_cache", None)
-        super().__setattr__(name, value)
+        # .double(), .half() and the like convert every float buffer: the int8 ops take the
+        # scales and biases in float32 only, so those stay float32 (as torch.ao's packed ones do).
+        out = super()._apply(fn, *args, **kwargs)
+        for names in self.__dict__.get("_q8_names") or _layer_names(self, self._Q8_GRU):
+            for name in (*names[0][1:2], *names[1][1:2], *names[2][1:2], names[3], names[4]):
+                t = self._buffers.get(name) if name else None
+                if t is not None and t.dtype != torch.float32:
+                    self._buffers[name] = t.float()
+        return out
 
 
 class Int8LSTMForward(_Int8Forward, LSTMForward):
@@ -207,6 +204,8 @@ class Int8GRUForward(_Int8Forward, GRUForward):
 
     def _fused_layers(self, x, hx, batch_sizes, w_dtype):
         _check_inference(self, (x, hx))
+        if not torch._C._is_any_autocast_enabled() and hx.dtype != torch.float32:
+            raise RuntimeError(f"lstm_fused: the int8 GRU takes a float32 hx, as its input; got {hx.dtype}")
         x, hx = x.float(), hx.float()
         if not torch.compiler.is_compiling() and functional._below_autograd(False):
             with torch._C._AutoDispatchBelowAutograd():
@@ -338,8 +337,8 @@ def _quantize_one(m, kinds):
     if cls in _KINDS:
         return (QuantizedGRU if kind == "GRU" else QuantizedLSTM).from_float(m)
     original = cls.__dict__.get("_lstm_fused_original", cls)  # a converted subclass: its own class
-    torch_cls = nn.GRU if kind == "GRU" else nn.LSTM
-    _route_direct_calls(torch_cls)
+    if issubclass(original, (nn.LSTM, nn.GRU)):
+        _route_direct_calls(nn.GRU if kind == "GRU" else nn.LSTM)
     m.__class__ = _quantized_class(original)
     m.__dict__.pop("_weight_names", None)
     _store_quantized(m, m, kind == "GRU")
@@ -351,16 +350,15 @@ def _quantize_one(m, kinds):
 
 @functools.lru_cache(maxsize=None)
 def _quantized_class(original):
-    """The class quantize_dynamic gives an instance of ``original`` (a subclass of torch.nn.LSTM
-    or GRU): one per original class, named as it is."""
-    mixin = QuantizedGRUMixin if issubclass(original, nn.GRU) else QuantizedLSTMMixin
-    return type(original.__name__, (original, mixin), {
-        "__module__": original.__module__,
-        "__qualname__": original.__qualname__,
-        "__doc__": original.__doc__,
-        "_lstm_fused_int8_original": original,
-        "__reduce_ex__": _reduce_quantized,
-    })
+    """The class quantize_dynamic gives an instance of ``original`` (a subclass of torch.nn.LSTM or
+    GRU, or of lstm_fused's): one per original class, named as it is. Under a subclass of
+    lstm_fused's module the int8 forward alone is the mixin: torch's RNNBase would bring its flat
+    weights, which lstm_fused's modules do not have."""
+    if issubclass(original, (LSTM, GRU)):
+        mixin = Int8GRUForward if issubclass(original, GRU) else Int8LSTMForward
+    else:
+        mixin = QuantizedGRUMixin if issubclass(original, nn.GRU) else QuantizedLSTMMixin
+    return derived_class(original, mixin, _lstm_fused_int8_original=original, __reduce_ex__=_reduce_quantized)
 
 
 def _reduce_quantized(self, protocol):
@@ -368,7 +366,7 @@ def _reduce_quantized(self, protocol):
     state = self.__getstate__()
     if state is self.__dict__:
         state = state.copy()
-    state.pop("_q8_cache", None)
+    state.pop("_q8_names", None)
     return _load_quantized, (type(self)._lstm_fused_int8_original,), state
 
 

@@ -42,8 +42,9 @@ def _ulp(t):
 def test_pack_matches_per_row_symmetric_quantization(gates, units, K):
     w = torch.randn(gates * units, K) * torch.rand(gates * units, 1) * 3
     w[0] = 0  # a zero row: scale 1, all zeros
-    packed, scale, colsum = ops.q8_pack(w, gates)
+    packed, scale, colsum, shape = ops.q8_pack(w, gates)
     assert packed.shape == (-(-units // 16) * gates, -(-K // 4), 16, 4) and packed.dtype == torch.int8
+    assert shape.tolist() == [units, K]
     q, s = qz.unpack_weight(packed, scale, units, gates, K)
     s_want = w.abs().amax(1) / 127
     s_want = torch.where(s_want == 0, torch.ones_like(s_want), s_want)
@@ -322,13 +323,31 @@ def test_errors():
     with pytest.raises(ValueError, match="torch.ao.quantization"):
         lstm_fused.quantize_dynamic(ref, {nn.Linear})
     w = list(ops.q8_pack(torch.randn(24, 4), 4))
-    with pytest.raises(RuntimeError, match="packed for K"):
+    with pytest.raises(RuntimeError, match="packed for inputs of size 4, got 9"):
         ops.q8_forward(torch.randn(2, 1, 9), w, w, [], None, None, torch.zeros(1, 6), torch.zeros(1, 6), None, False)
     with pytest.raises(RuntimeError, match="batch_sizes must be positive"):
         ops.q8_forward(torch.randn(3, 4), w, list(ops.q8_pack(torch.randn(24, 6), 4)), [], None, None,
                        torch.zeros(2, 6), torch.zeros(2, 6), torch.tensor([1, 2]), False)
     with pytest.raises(RuntimeError, match="int8 weights take K"):
         ops.q8_pack(torch.randn(4, 40000), 1)
+    # Malformed weights and sizes raise (none reaches the kernels): a weight packed for 8 inputs
+    # (the layout rounds K up to 4) given 6, an empty input row, a projection of no units.
+    w8 = list(ops.q8_pack(torch.randn(24, 8), 4))
+    with pytest.raises(RuntimeError, match="packed for inputs of size 8, got 6"):
+        ops.q8_linear(torch.randn(2, 6), w8, None)
+    with pytest.raises(RuntimeError, match="packed for inputs of size 4, got 0"):
+        ops.q8_linear(torch.empty(3, 0), w, None)
+    with pytest.raises(RuntimeError, match="at least one unit"):
+        ops.q8_pack(torch.randn(0, 16), 1)
+    empty_hr = [torch.zeros(0, 4, 16, 4, dtype=torch.int8), torch.ones(0), torch.zeros(0, dtype=torch.int32),
+                torch.tensor([0, 6])]
+    with pytest.raises(RuntimeError, match="w_hr holds 0 units a gate, expected 1"):
+        ops.q8_forward(torch.randn(2, 1, 4), w, list(ops.q8_pack(torch.randn(24, 1), 4)), empty_hr, None, None,
+                       torch.zeros(1, 1), torch.zeros(1, 6), None, False)
+    with pytest.raises(RuntimeError, match=r"\[packed, scale, colsum, shape\]"):
+        ops.q8_linear(torch.randn(2, 4), w[:3], None)
+    with pytest.raises(RuntimeError, match="float32 hx"):
+        lstm_fused.quantize_dynamic(nn.GRU(4, 6))(x, torch.zeros(1, 2, 6, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="float32"):
         ops.q8_linear(torch.randn(2, 4).double(), w, None)
     y, h, c = ops.q8_forward(torch.randn(2, 1, 4), w, list(ops.q8_pack(torch.randn(24, 6), 4)), [], None, None,
@@ -380,3 +399,72 @@ def test_compile_fullgraph_matches_eager():
         for B, T in ((2, 5), (3, 7)):
             x = torch.randn(B, T, 3)
             assert torch.equal(compiled(x), f(x))
+
+
+def test_buffers_swapped_by_functional_call_and_export():
+    # torch.func.functional_call and torch.export replace buffers in _buffers directly: the module
+    # reads them by name on every call, so each call runs the buffers it is given.
+    torch.manual_seed(0)
+    q1, q2 = (lstm_fused.quantize_dynamic(nn.LSTM(4, 8)) for _ in range(2))
+    x = torch.randn(5, 3, 4)
+    with torch.no_grad():
+        want1, want2 = q1(x)[0], q2(x)[0]
+        got = torch.func.functional_call(q1, dict(q2.named_buffers()), (x,))[0]
+        assert torch.equal(got, want2) and torch.equal(q1(x)[0], want1)
+    exported = torch.export.export(q1, (x,))
+    with torch.no_grad():
+        assert torch.equal(exported.module()(x)[0], want1)
+        assert torch.equal(q1(x)[0], want1)  # the eager module is itself after the export
+
+
+def test_dtype_conversions_keep_the_int8_module_working():
+    q = lstm_fused.quantize_dynamic(nn.GRU(4, 8, num_layers=2))
+    x = torch.randn(5, 3, 4)
+    with torch.no_grad():
+        want = q(x)[0]
+        q.double()  # the scales and biases stay float32, the int8 weights int8
+        assert torch.equal(q(x)[0], want)
+
+
+class _PlusOne:
+    """A subclass's own forward around lstm_fused's module's."""
+
+    def forward(self, x, hx=None):
+        y, state = super().forward(x, hx)
+        return y + 1, state
+
+
+class MyFusedLSTM(_PlusOne, lstm_fused.LSTM):
+    pass
+
+
+class MyFusedGRU(_PlusOne, lstm_fused.GRU):
+    pass
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_subclass_of_lstm_fused_modules_runs_int8(cell):
+    base, Mine = (lstm_fused.LSTM, MyFusedLSTM) if cell == "lstm" else (lstm_fused.GRU, MyFusedGRU)
+    torch.manual_seed(0)
+    m = Mine(4, 8).eval()
+    plain = base(4, 8)
+    plain.load_state_dict(m.state_dict())
+    q = lstm_fused.quantize_dynamic(m)
+    assert isinstance(q, Mine)
+    x = torch.randn(5, 3, 4)
+    with torch.no_grad():
+        assert torch.equal(q(x)[0], lstm_fused.quantize_dynamic(plain)(x)[0] + 1)
+        assert not torch.equal(q(x)[0], m(x)[0])
+        q.to(torch.float32)
+        assert torch.equal(roundtrip("pickle", q)(x)[0], q(x)[0])
+
+
+def test_convert_leaves_int8_modules_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(ForecastLSTM(4, 8), nn.GRU(8, 8))
+    q = lstm_fused.convert(lstm_fused.quantize_dynamic(model))
+    assert isinstance(q[0], qz.QuantizedLSTMMixin) and type(q[1]) is qz.QuantizedGRU
+    again = roundtrip("torch.save", q)
+    x = torch.randn(2, 5, 4)
+    with torch.no_grad():
+        assert torch.equal(again[0](x)[0], q[0](x)[0])

@@ -2,6 +2,7 @@
 // allocation and threads here; the kernels in kernels/cpu/q8*.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include "cpu/q8.h"
@@ -12,30 +13,33 @@ namespace {
 
 namespace q8 = cpu::q8;
 
-// A packed weight as the ops take it: [packed, scale, colsum] (q8_pack's outputs), checked
-// against the K and the gates its caller expects (units: -1 when any).
+// A packed weight as the ops take it: [packed, scale, colsum, shape] (q8_pack's outputs; shape is
+// int64 [units, K], the weight's own sizes, which the packed layout rounds up), checked against
+// the K and units its caller expects (units -1: any).
 q8::Weight weight_of(at::TensorList w, const char* name, int64_t K, int gates, int64_t units) {
-  TORCH_CHECK(w.size() == 3, "lstm_fused: ", name, " must be [packed, scale, colsum] (q8_pack's outputs), got ",
+  TORCH_CHECK(w.size() == 4, "lstm_fused: ", name, " must be [packed, scale, colsum, shape] (q8_pack's outputs), got ",
               w.size(), " tensors");
-  const at::Tensor &packed = w[0], &scale = w[1], &colsum = w[2];
-  TORCH_CHECK(packed.device().is_cpu() && scale.device().is_cpu() && colsum.device().is_cpu(),
-              "lstm_fused: the int8 ops run on the CPU; ", name, " is on ", packed.device());
-  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.dim() == 4 && packed.size(2) == q8::kBlock &&
-                  packed.size(3) == q8::kGroup && packed.is_contiguous(),
-              "lstm_fused: ", name, " must be a contiguous int8 [blocks, K/4, 16, 4] packed weight, got ",
-              packed.scalar_type(), " ", packed.sizes());
+  const at::Tensor &packed = w[0], &scale = w[1], &colsum = w[2], &shape = w[3];
+  for (const at::Tensor* t : {&packed, &scale, &colsum, &shape})
+    TORCH_CHECK(t->device().is_cpu(), "lstm_fused: the int8 ops run on the CPU; ", name, " is on ", t->device());
+  TORCH_CHECK(shape.scalar_type() == at::kLong && shape.dim() == 1 && shape.size(0) == 2,
+              "lstm_fused: ", name, "'s shape must be int64 [units, K], got ", shape.scalar_type(), " ", shape.sizes());
+  const at::Tensor sc = shape.contiguous();
+  const int64_t w_units = sc.const_data_ptr<int64_t>()[0], w_K = sc.const_data_ptr<int64_t>()[1];
+  TORCH_CHECK(w_K == K, "lstm_fused: ", name, " was packed for inputs of size ", w_K, ", got ", K);
+  TORCH_CHECK(units < 0 || w_units == units, "lstm_fused: ", name, " holds ", w_units, " units a gate, expected ",
+              units);
+  TORCH_CHECK(K >= 1 && K <= q8::kMaxK && w_units >= 1, "lstm_fused: int8 weights take K in [1, ", q8::kMaxK,
+              "] and at least one unit, got K = ", K, " and ", w_units, " units");
   q8::Weight out;
   out.gates = gates;
   out.K = K;
-  out.Kp = packed.size(1) * q8::kGroup;
-  TORCH_CHECK(out.Kp == q8::padded_k(K), "lstm_fused: ", name, " was packed for K = ", out.Kp - 3, "..", out.Kp,
-              ", got inputs of size ", K);
-  TORCH_CHECK(packed.size(0) % gates == 0, "lstm_fused: ", name, " has ", packed.size(0),
-              " blocks, not a multiple of its ", gates, " gates");
-  out.nblk = packed.size(0) / gates;
-  if (units >= 0)
-    TORCH_CHECK(out.nblk == q8::blocks_of(units), "lstm_fused: ", name, " holds ", out.nblk * q8::kBlock,
-                " units a gate (padded), expected ", units);
+  out.Kp = q8::padded_k(K);
+  out.nblk = q8::blocks_of(w_units);
+  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.is_contiguous() &&
+                  packed.sizes().equals({out.nblk * gates, out.Kp / q8::kGroup, q8::kBlock, q8::kGroup}),
+              "lstm_fused: ", name, " must be a contiguous int8 [", out.nblk * gates, ", ", out.Kp / q8::kGroup,
+              ", 16, 4] packed weight, got ", packed.scalar_type(), " ", packed.sizes());
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.dim() == 1 && scale.size(0) == out.cols() &&
                   scale.is_contiguous(),
               "lstm_fused: ", name, "'s scale must be a contiguous float32 [", out.cols(), "], got ",
@@ -73,12 +77,13 @@ int q8_threads(int64_t T, int64_t rows, int64_t cols, int64_t K) {
   return (per_step < (int64_t{1} << 17) || T * per_step < (int64_t{1} << 19)) ? 1 : at::get_num_threads();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> q8_pack_cpu(const at::Tensor& w, int64_t gates) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> q8_pack_cpu(const at::Tensor& w, int64_t gates) {
   check_float(w, "weights");
   TORCH_CHECK(gates >= 1 && w.dim() == 2 && w.size(0) % gates == 0, "lstm_fused: q8_pack takes a [gates * units, K] "
               "weight, got ", w.sizes(), " with ", gates, " gates");
   const int64_t units = w.size(0) / gates, K = w.size(1);
-  TORCH_CHECK(K >= 1 && K <= q8::kMaxK, "lstm_fused: int8 weights take K in [1, ", q8::kMaxK, "], got ", K);
+  TORCH_CHECK(K >= 1 && K <= q8::kMaxK && units >= 1, "lstm_fused: int8 weights take K in [1, ", q8::kMaxK,
+              "] and at least one unit, got K = ", K, " and ", units, " units");
   const int64_t nblk = q8::blocks_of(units), Kp = q8::padded_k(K), cols = nblk * gates * q8::kBlock;
   at::Tensor packed = at::empty({nblk * gates, Kp / q8::kGroup, q8::kBlock, q8::kGroup}, w.options().dtype(at::kChar));
   at::Tensor scale = at::empty({cols}, w.options());
@@ -86,7 +91,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> q8_pack_cpu(const at::Tensor& w, 
   const at::Tensor wc = w.contiguous();
   q8::pack_weight(wc.const_data_ptr<float>(), units, static_cast<int>(gates), K, packed.mutable_data_ptr<int8_t>(),
                   scale.mutable_data_ptr<float>(), colsum.mutable_data_ptr<int32_t>());
-  return {packed, scale, colsum};
+  at::Tensor shape = at::empty({2}, w.options().dtype(at::kLong));
+  shape.mutable_data_ptr<int64_t>()[0] = units;
+  shape.mutable_data_ptr<int64_t>()[1] = K;
+  return {packed, scale, colsum, shape};
 }
 
 at::Tensor q8_linear_cpu(const at::Tensor& x, at::TensorList w, const c10::optional<at::Tensor>& bias) {
@@ -96,7 +104,7 @@ at::Tensor q8_linear_cpu(const at::Tensor& x, at::TensorList w, const c10::optio
   at::Tensor keep;
   const float* b = bias_ptr(bias, "bias", W.cols(), keep);
   const at::Tensor xc = x.contiguous();
-  const int64_t N = x.numel() / x.size(-1);
+  const int64_t N = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
   std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
   sizes.back() = W.cols();
   at::Tensor out = at::empty(sizes, x.options());
@@ -130,6 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> q8_forward_cpu(
   q8::LayerParams p;
   p.w_ih = weight_of(w_ih, "w_ih", I, gates, H);
   p.w_hh = weight_of(w_hh, "w_hh", P, gates, H);
+  p.proj = proj;
   if (proj) p.w_hr = weight_of(w_hr, "w_hr", H, 1, P);
   at::Tensor bias_keep, bias_hn_keep;
   p.bias = bias_ptr(bias, "bias", p.w_ih.cols(), bias_keep);
@@ -171,6 +180,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> q8_forward_cpu(
   const int64_t rows = N / std::max<int64_t>(T, 1);
   const bool fuse_input = rows >= 32 || (rows >= 4 && threads > 1);
   at::Tensor gbuf, xq, xs, xz;
+  p.fuse_input = fuse_input;
   if (fuse_input) {
     xq = empty_reused({N, p.w_ih.Kp}, x.options().dtype(at::kByte));
     xs = at::empty({N}, x.options());

@@ -13,8 +13,9 @@
 //   hn [N, H] (h W_hn^T + b_hn); gru_backward returns db_ih and db_hh apart (they differ in n).
 // q8_*: int8 inference (CPU only; numerics and packed layout in csrc/kernels/cpu/q8.h).
 //   q8_pack: w [gates * units, K] float32 quantized per row and packed: packed int8
-//   [ceil(units / 16) * gates, ceil(K / 4), 16, 4], scale float32 and colsum int32 [blocks * 16].
-//   q8_linear: x [..., K] times a packed weight ([packed, scale, colsum]) -> [..., blocks * 16] in
+//   [ceil(units / 16) * gates, ceil(K / 4), 16, 4], scale float32 and colsum int32 [blocks * 16],
+//   shape int64 [units, K].
+//   q8_linear: x [..., K] times a packed weight ([packed, scale, colsum, shape]) -> [..., blocks * 16] in
 //   the packed column order, plus bias (same order) if given; x quantized per row.
 //   q8_forward: one LSTM layer and direction (c0 [B, H] given; w_hr [] or a packed [P, H]) or GRU
 //   layer (c0 None; bias_hn [blocks(H) * 16] is b_hn), x and h0 as forward's; bias is b_ih + b_hh
@@ -38,7 +39,7 @@ TORCH_LIBRARY(lstm_fused, m) {
       "gru_backward(Tensor grad_y, Tensor grad_hn, Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor y, "
       "Tensor gates, Tensor hn, Tensor? batch_sizes, bool reverse, bool has_bias) -> "
       "(Tensor dx, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, Tensor db_hh, Tensor dh0)");
-  m.def("q8_pack(Tensor w, int gates) -> (Tensor packed, Tensor scale, Tensor colsum)");
+  m.def("q8_pack(Tensor w, int gates) -> (Tensor packed, Tensor scale, Tensor colsum, Tensor shape)");
   m.def("q8_linear(Tensor x, Tensor[] w, Tensor? bias) -> Tensor");
   m.def(
       "q8_forward(Tensor x, Tensor[] w_ih, Tensor[] w_hh, Tensor[] w_hr, Tensor? bias, Tensor? bias_hn, "

@@ -9,8 +9,8 @@
 //   quantized when it is read, asymmetric over its range with 0 inside: lo = min(0, min a),
 //   hi = max(0, max a), s_a = (hi - lo) / 255 (1 when hi == lo), zp = round(-lo / s_a) clamped
 //   to [0, 255], qa = clamp(round(a / s_a) + zp, 0, 255).
-// - a . W_n = float(sum_k qa_k q_nk - zp * colsum_n) * (s_a * s_n), the difference in int64,
-//   colsum_n = sum_k q_nk. With the input side x W_ih^T + b (b = b_ih + b_hh in float32, GRU's n
+// - a . W_n = float(sum_k qa_k q_nk - zp * colsum_n) * (s_a * s_n), colsum_n = sum_k q_nk; the
+//   sums and their difference are exact in int32 for K <= kMaxK. With the input side x W_ih^T + b (b = b_ih + b_hh in float32, GRU's n
 //   gate b_in alone) and the recurrent side h W_hh^T added to it (GRU's n: r * (h W_hn^T + b_hn)).
 //
 // Packed layout (the same on every instruction set, so a packed weight is portable): a weight of
@@ -42,7 +42,7 @@ struct Weight {
   const int8_t* w = nullptr;         // [nblk * gates][Kp / 4][16][4]
   const float* scale = nullptr;      // [nblk * gates * 16]
   const int32_t* colsum = nullptr;   // [nblk * gates * 16]
-  int64_t K = 0, Kp = 0, nblk = 0;
+  int64_t K = 0, Kp = 0, nblk = 0;   // nblk = blocks_of(units)
   int gates = 1;
   int64_t cols() const { return nblk * gates * kBlock; }
 };
@@ -61,7 +61,8 @@ struct LayerParams {
   const float* x = nullptr;    // [N, I]
   Weight w_ih;                 // units H, gates 4 (3), K = I
   Weight w_hh;                 // units H, gates 4 (3), K = P
-  Weight w_hr;                 // units P, gates 1, K = H; w == nullptr without a projection
+  bool proj = false;           // with a projection (w_hr)
+  Weight w_hr;                 // units P, gates 1, K = H
   const float* bias = nullptr;     // [w_ih.cols()] packed order, or nullptr: b_ih + b_hh (GRU's n: b_in)
   const float* bias_hn = nullptr;  // GRU: [nblk(H) * 16] b_hn, or nullptr
   const float* h0 = nullptr;   // [B, P]
@@ -69,9 +70,10 @@ struct LayerParams {
   float* y = nullptr;          // [N, P]
   float* h_n = nullptr;        // [B, P]
   float* c_n = nullptr;        // [B, H] (LSTM)
-  // Scratch: either gates [N, w_ih.cols()], the input projection over every row before the loop,
-  // or xq [N, w_ih.Kp] with xs [N] and xz [N], x quantized, whose products the loop takes beside
-  // h's (no gate buffer to write and read back: at B = 32, H = 256, 13 MB of each per call).
+  // Scratch: gates [N, w_ih.cols()], the input projection over every row before the loop, or
+  // with fuse_input xq [N, w_ih.Kp] with xs [N] and xz [N], x quantized, whose products the loop
+  // takes beside h's (no gate buffer to write and read back: at B = 32, H = 256, 13 MB a call).
+  bool fuse_input = false;     // the loop takes the input projection: xq, xs, xz, else gates
   float* gates = nullptr;
   uint8_t* xq = nullptr;
   float* xs = nullptr;

@@ -6,7 +6,8 @@
 //   1  AVX2: both sides widened to int16 and summed in pairs by vpmaddwd (exact: 255 * 127 * 2
 //      fits int32; vpmaddubsw's int16 sums would saturate at full-range weights)
 //   0  portable C++
-// Every level computes the same exact int32 sums, so every path gives the same results.
+// Every level computes the same exact int32 sums (what follows them differs only in the
+// activations: the zmm level has its own exp).
 // Part of the per-ISA int8 core, included by q8_impl.h.
 #pragma once
 

@@ -1,7 +1,7 @@
 // The int8 layer loops, written once and compiled once per instruction set (q8_<isa>.cpp defines
 // LSTM_ISA, LSTM_VEC_BYTES and Q8_LEVEL, sets the target pragma and includes this file).
 //
-// One call: the team quantizes x row by row and, unless the loop takes it (LayerParams::xq),
+// One call: the team quantizes x row by row and, unless the loop takes it (fuse_input),
 // runs the input projection over every row (rows split across threads), then the time loop: threads split the unit blocks, each computing all
 // gates of its units, so the cell update needs no exchange; after a step, the new h rows are
 // quantized (rows split) for the next step's product. Two barriers a step (four with a
@@ -196,12 +196,12 @@ inline void cell_rows(const q8::LayerParams& p, State& st, const int32_t* tmp, c
 template <bool kGru>
 void layer_loop(const q8::LayerParams& p) {
   constexpr int G = kGru ? 3 : 4;
-  const bool proj = p.w_hr.w != nullptr;
+  const bool proj = p.proj;
   const int64_t T = p.T, B = p.B, H = p.H, P = p.P;
   std::vector<int64_t> off(T + 1, 0);
   for (int64_t t = 0; t < T; ++t) off[t + 1] = off[t] + step_rows(p.batch_sizes, B, t);
   const int64_t N = off[T], nblk = p.w_hh.nblk, Pk = p.w_hh.Kp, Hk = proj ? p.w_hr.Kp : 0, Ik = p.w_ih.Kp;
-  const bool fused = p.xq != nullptr;
+  const bool fused = p.fuse_input;
   State st;
   st.hq.resize(B * Pk);
   st.hs.resize(B);
