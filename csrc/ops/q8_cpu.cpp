@@ -15,7 +15,7 @@ namespace q8 = cpu::q8;
 
 // A packed weight as the ops take it: [packed, scale, colsum, shape] (q8_pack's outputs; shape is
 // int64 [units, K], the weight's own sizes, which the packed layout rounds up), checked against
-// the K and units its caller expects (units -1: any).
+// the K and units its caller expects (units -1: any; gates 0: as many as the weight holds).
 q8::Weight weight_of(at::TensorList w, const char* name, int64_t K, int gates, int64_t units) {
   TORCH_CHECK(w.size() == 4, "lstm_fused: ", name, " must be [packed, scale, colsum, shape] (q8_pack's outputs), got ",
               w.size(), " tensors");
@@ -32,10 +32,15 @@ q8::Weight weight_of(at::TensorList w, const char* name, int64_t K, int gates, i
   TORCH_CHECK(K >= 1 && K <= q8::kMaxK && w_units >= 1, "lstm_fused: int8 weights take K in [1, ", q8::kMaxK,
               "] and at least one unit, got K = ", K, " and ", w_units, " units");
   q8::Weight out;
-  out.gates = gates;
   out.K = K;
   out.Kp = q8::padded_k(K);
   out.nblk = q8::blocks_of(w_units);
+  if (gates == 0) {
+    TORCH_CHECK(packed.dim() == 4 && packed.size(0) % out.nblk == 0 && packed.size(0) > 0, "lstm_fused: ", name,
+                " must hold a whole number of gates of ", out.nblk, " blocks, got ", packed.sizes());
+    gates = static_cast<int>(packed.size(0) / out.nblk);
+  }
+  out.gates = gates;
   TORCH_CHECK(packed.scalar_type() == at::kChar && packed.is_contiguous() &&
                   packed.sizes().equals({out.nblk * gates, out.Kp / q8::kGroup, q8::kBlock, q8::kGroup}),
               "lstm_fused: ", name, " must be a contiguous int8 [", out.nblk * gates, ", ", out.Kp / q8::kGroup,
@@ -100,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> q8_pack_cpu(const at:
 at::Tensor q8_linear_cpu(const at::Tensor& x, at::TensorList w, const c10::optional<at::Tensor>& bias) {
   check_float(x, "x");
   TORCH_CHECK(x.dim() >= 1, "lstm_fused: q8_linear's x must have at least one dimension");
-  const q8::Weight W = weight_of(w, "w", x.size(-1), 1, -1);
+  const q8::Weight W = weight_of(w, "w", x.size(-1), 0, -1);
   at::Tensor keep;
   const float* b = bias_ptr(bias, "bias", W.cols(), keep);
   const at::Tensor xc = x.contiguous();

@@ -15,8 +15,8 @@
 //   q8_pack: w [gates * units, K] float32 quantized per row and packed: packed int8
 //   [ceil(units / 16) * gates, ceil(K / 4), 16, 4], scale float32 and colsum int32 [blocks * 16],
 //   shape int64 [units, K].
-//   q8_linear: x [..., K] times a packed weight ([packed, scale, colsum, shape]) -> [..., blocks * 16] in
-//   the packed column order, plus bias (same order) if given; x quantized per row.
+//   q8_linear: x [..., K] times a packed weight ([packed, scale, colsum, shape], any gates) ->
+//   [..., blocks * 16] in the packed column order, plus bias (same order); x quantized per row.
 //   q8_forward: one LSTM layer and direction (c0 [B, H] given; w_hr [] or a packed [P, H]) or GRU
 //   layer (c0 None; bias_hn [blocks(H) * 16] is b_hn), x and h0 as forward's; bias is b_ih + b_hh
 //   in the packed order (GRU's n gate: b_in). Returns y, h_n and c_n ([0] for a GRU).

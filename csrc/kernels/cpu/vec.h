@@ -79,16 +79,22 @@ inline __m512 exp_in_range(__m512 v) {
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const vfloat r = (vfloat)_mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f),
                                             _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v));
+  // The multiply-adds spelled as FMAs (what GCC contracts them to by default), so that a copy
+  // compiled with contraction off (the int8 kernels, q8_avx512.cpp) keeps them.
+  const auto fma = [](vfloat a, vfloat b, float c) {
+    return (vfloat)_mm512_fmadd_ps((__m512)a, (__m512)b, _mm512_set1_ps(c));
+  };
   vfloat q = vfloat{} + 1.381461275741458e-3f;
-  q = q * r + 8.368710055947304e-3f;
-  q = q * r + 4.166838899254799e-2f;
-  q = q * r + 1.666652113199234e-1f;
-  q = q * r + 4.999999403953552e-1f;
-  return _mm512_scalef_ps((__m512)(q * (r * r) + r + 1.0f), n);
+  q = fma(q, r, 8.368710055947304e-3f);
+  q = fma(q, r, 4.166838899254799e-2f);
+  q = fma(q, r, 1.666652113199234e-1f);
+  q = fma(q, r, 4.999999403953552e-1f);
+  const vfloat e = (vfloat)_mm512_fmadd_ps((__m512)q, (__m512)(r * r), (__m512)r) + 1.0f;
+  return _mm512_scalef_ps((__m512)e, n);
 }
 inline vfloat recip_v(vfloat d) {  // d in [1, 2^126]
   const vfloat r = (vfloat)_mm512_maskz_rcp14_ps(0xffff, (__m512)d);
-  return r * (2.0f - d * r);
+  return r * (vfloat)_mm512_fnmadd_ps((__m512)d, (__m512)r, _mm512_set1_ps(2.0f));
 }
 inline vfloat sigmoid_v(vfloat x) {
   const __m512 v = _mm512_min_ps(_mm512_set1_ps(87.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), (__m512)x));
