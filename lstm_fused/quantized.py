@@ -78,8 +78,9 @@ def _store_quantized(module, source, gru):
     GRU's parameter names; any float dtype)."""
     G = 3 if gru else 4
     H = source.hidden_size
-    for ih, hh, hr, bias, bias_hn in _layer_names(module, gru):
-        sfx = ih[0][len("weight_ih"):-len("_int8")]
+    D = 2 if module.bidirectional else 1
+    for k, (ih, hh, hr, bias, bias_hn) in enumerate(_layer_names(module, gru)):
+        sfx = f"_l{k // D}{'_reverse' if k % D else ''}"  # as _layer_names names them
         w = {name: getattr(source, name + sfx) for name in ("weight_ih", "weight_hh")}
         for names, weight, gates in ((ih, w["weight_ih"], G), (hh, w["weight_hh"], G)):
             for name, t in zip(names, ops.q8_pack(weight.detach().float().contiguous().cpu(), gates)):
