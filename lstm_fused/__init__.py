@@ -14,10 +14,12 @@ from ._C import built_with_cuda, cpu_isa, empty_cache, int8_isa
 from .cells import GRUCell, LSTMCell
 from .convert import convert, revert
 from .modules import GRU, LSTM
-from .quantized import QuantizedGRU, QuantizedLSTM, int8_reference, quantize_dynamic
+from .quantized import (QuantizedGRU, QuantizedGRUCell, QuantizedLSTM, QuantizedLSTMCell, int8_reference,
+                        quantize_dynamic)
 from .reference import gru_reference, lstm_reference
 
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert", "revert", "lstm_reference", "gru_reference",
            "built_with_cuda", "cpu_isa", "empty_cache", "quantize_dynamic", "QuantizedLSTM", "QuantizedGRU",
+           "QuantizedLSTMCell", "QuantizedGRUCell",
            "int8_reference", "int8_isa"]
 __version__ = "0.1.0"

@@ -44,7 +44,7 @@ class LSTMCell(nn.LSTMCell):
             # keeps exactly those result dtypes.
             h, c = _export.lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)
             return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
-        _check_step(input, h, c, self.input_size, H, w_ih.dtype)
+        _check_step(input, (h, c), self.input_size, H, w_ih.dtype)
         if input.is_cuda and torch.is_autocast_enabled("cuda"):
             # As torch.nn.LSTMCell under autocast, whose lstm_cell is on CUDA's list of ops run in
             # the autocast dtype (not on the CPU's): input, states and weights in that dtype.
@@ -58,19 +58,21 @@ class LSTMCell(nn.LSTMCell):
         return h, c
 
 
-def _check_step(input, h, c, input_size, hidden_size, w_dtype):
-    """torch's checks of an RNN cell step (ATen's check_rnn_cell_forward_*), with its messages."""
+def _check_step(input, states, input_size, hidden_size, w_dtype):
+    """torch's checks of an RNN cell step (ATen's check_rnn_cell_forward_*), with its messages;
+    states: (h, c) of an LSTM cell, (h,) of a GRU cell."""
     batch, got = input.shape
     if got != input_size:
         raise RuntimeError(f"input has inconsistent input_size: got {got} expected {input_size}")
-    for name, state in (("hidden0", h), ("hidden1", c)):
+    for i, state in enumerate(states):
+        name = f"hidden{i}"
         shape = state.shape
         if shape[0] != batch:
             raise RuntimeError(f"Input batch size {batch} doesn't match {name} batch size {shape[0]}")
         if shape[1] != hidden_size:
             raise RuntimeError(f"{name} has inconsistent hidden_size: got {shape[1]}, expected {hidden_size}")
     if not (input.is_cuda and torch.is_autocast_enabled("cuda")):
-        for t in (input, h, c):
+        for t in (input, *states):
             if t.dtype != w_dtype:
                 raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {_dtype_name(t.dtype)} "
                                    f"and {_dtype_name(w_dtype)}")

@@ -38,8 +38,9 @@ class FusedGRUMixin(GRUForward, nn.GRU):
 _MODULES = {nn.LSTM: (LSTM, FusedLSTMMixin, LSTMForward), nn.GRU: (GRU, FusedGRUMixin, GRUForward)}
 # torch's cell -> lstm_fused's, which derives from it (and is the mixin for subclasses).
 _CELLS = {nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell}
-# lstm_fused's modules and cells, converted subclasses, and quantize_dynamic's int8 modules (whose
-# forwards are LSTMForward / GRUForward too): convert leaves them as they are.
+# lstm_fused's modules and cells, converted subclasses, and quantize_dynamic's int8 stacks (whose
+# forwards are LSTMForward / GRUForward too; its int8 cells say so by _lstm_fused_int8): convert
+# leaves them as they are.
 _FUSED = (LSTMForward, GRUForward, LSTMCell, GRUCell)
 
 
@@ -78,7 +79,7 @@ def _convert_one(m):
     if cls in _CELLS:
         m.__class__ = _CELLS[cls]
         return m
-    if isinstance(m, _FUSED):  # lstm_fused's already
+    if isinstance(m, _FUSED) or getattr(type(m), "_lstm_fused_int8", False):  # lstm_fused's already, or int8
         return m
     base = _torch_base(cls)
     if base is None:

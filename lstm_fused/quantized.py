@@ -1,17 +1,17 @@
-"""int8 inference: quantize_dynamic() and the int8 LSTM and GRU modules it puts in a model.
+"""int8 inference: quantize_dynamic() and the int8 LSTM, GRU and cell modules it puts in a model.
 
 ``quantize_dynamic(model)`` is shaped like torch.ao.quantization.quantize_dynamic for the
-recurrent layers: every LSTM and GRU inside ``model`` (torch's, lstm_fused's, and subclasses of
-either, as forecasting libraries write them) runs int8 weights from then on:
+recurrent layers: every LSTM, GRU, LSTMCell and GRUCell inside ``model`` (torch's, lstm_fused's,
+and subclasses of either, as forecasting libraries write them) runs int8 weights from then on:
 
 - weights int8, symmetric, one scale per output row, packed once (csrc/kernels/cpu/q8.h);
 - x, h_{t-1} (and o * tanh(c) before a projection) quantized on the fly, a scale and zero point
   per row;
 - int32 sums, dequantized into float32 gates; the cell state and every output in float32.
 
-The int8 modules keep torch.nn.LSTM's / GRU's forward contract (shapes, batch_first,
-PackedSequence, unbatched input, h0 given or not, and its errors), for inference only: in
-training mode, or with inputs that require grad under grad mode, they raise.
+The int8 modules keep torch's forward contracts (shapes, batch_first, PackedSequence, unbatched
+input, states given or not, and the errors; a cell's step is one q8_forward call with T = 1), for
+inference only: in training mode, or with inputs that require grad under grad mode, they raise.
 
 ``int8_reference`` is what the kernels compute, as a plain PyTorch loop (the tests' oracle).
 """
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import functional, ops
+from .cells import GRUCell, LSTMCell, _check_step
 from .convert import _HOOK_DICTS, _route_direct_calls, _swap, derived_class
 from .modules import GRU, LSTM, GRUForward, LSTMForward, _check_constructor_args
 
@@ -57,19 +58,25 @@ def unpack_weight(packed, scale, units, gates, K):
     return w.reshape(gates * units, K), natural_order(scale, units, gates)
 
 
-def _layer_names(module, gru):
-    """Per layer and direction: the buffer names of (w_ih, w_hh, w_hr) (each [packed, scale, colsum,
-    shape] as q8_pack returns them; w_hr empty without a projection), the packed bias and GRU's
-    packed b_hn."""
+def _suffixes(module):
+    """The parameter-name suffixes of a stack's layers and directions (torch's), or a cell's ("")."""
+    if not hasattr(module, "num_layers"):
+        return [""]
     D = 2 if module.bidirectional else 1
+    return [f"_l{layer}{'_reverse' if d else ''}" for layer in range(module.num_layers) for d in range(D)]
+
+
+def _layer_names(module, gru):
+    """Per layer and direction (one for a cell): the buffer names of (w_ih, w_hh, w_hr) (each
+    [packed, scale, colsum, shape] as q8_pack returns them; w_hr empty without a projection), the
+    packed bias and GRU's packed b_hn."""
     names = []
-    for layer in range(module.num_layers):
-        for d in range(D):
-            sfx = f"_l{layer}{'_reverse' if d else ''}"
-            parts = lambda w: tuple(f"{w}{sfx}_{part}" for part in ("int8", "scale", "colsum", "shape"))  # noqa: E731
-            w_hr = parts("weight_hr") if getattr(module, "proj_size", 0) > 0 else ()
-            names.append((parts("weight_ih"), parts("weight_hh"), w_hr,
-                          f"bias{sfx}" if module.bias else None, f"bias_hn{sfx}" if gru and module.bias else None))
+    for sfx in _suffixes(module):
+        parts = lambda w: tuple(f"{w}{sfx}_{part}" for part in ("int8", "scale", "colsum", "shape"))  # noqa: E731
+        w_hr = parts("weight_hr") if getattr(module, "proj_size", 0) > 0 else ()
+        names.append((parts("weight_ih"), parts("weight_hh"), w_hr,
+                      f"bias{sfx}_packed" if module.bias else None,
+                      f"bias_hn{sfx}_packed" if gru and module.bias else None))
     return names
 
 
@@ -78,9 +85,7 @@ def _store_quantized(module, source, gru):
     GRU's parameter names; any float dtype)."""
     G = 3 if gru else 4
     H = source.hidden_size
-    D = 2 if module.bidirectional else 1
-    for k, (ih, hh, hr, bias, bias_hn) in enumerate(_layer_names(module, gru)):
-        sfx = f"_l{k // D}{'_reverse' if k % D else ''}"  # as _layer_names names them
+    for sfx, (ih, hh, hr, bias, bias_hn) in zip(_suffixes(module), _layer_names(module, gru)):
         w = {name: getattr(source, name + sfx) for name in ("weight_ih", "weight_hh")}
         for names, weight, gates in ((ih, w["weight_ih"], G), (hh, w["weight_hh"], G)):
             for name, t in zip(names, ops.q8_pack(weight.detach().float().contiguous().cpu(), gates)):
@@ -106,7 +111,7 @@ def _empty_quantized(module, gru):
     G = 3 if gru else 4
     H = module.hidden_size
     P = getattr(module, "proj_size", 0) or H
-    D = 2 if module.bidirectional else 1
+    D = 2 if getattr(module, "bidirectional", False) else 1
 
     def weight(names, units, gates, K):
         blocks = _blocks(units) * gates
@@ -139,13 +144,11 @@ def _check_inference(module, tensors):
             "torch.no_grad() or torch.inference_mode(), with inputs that do not require grad")
 
 
-class _Int8Forward:
-    """What the int8 LSTM and GRU forwards share: their buffers by name, read on every call."""
+class _Int8Buffers:
+    """What the int8 modules and cells share: their buffers by name, read on every call."""
 
     _Q8_GRU = False
-
-    def _fused_weight_dtype(self):
-        return torch.float32
+    _lstm_fused_int8 = True  # convert() leaves these modules as they are
 
     def _q8_layers(self):
         """Per layer and direction: (w_ih, w_hh, w_hr, bias, bias_hn) as q8_forward takes them,
@@ -171,6 +174,22 @@ class _Int8Forward:
         return out
 
 
+def _below_autograd_if_possible(fn):
+    """fn() below the autograd layer where nothing can need it (the int8 modules refuse autograd)
+    and tracing does not forbid the check: ~5 us a call under torch.no_grad()."""
+    if not torch.compiler.is_compiling() and functional._below_autograd(False):
+        with torch._C._AutoDispatchBelowAutograd():
+            return fn()
+    return fn()
+
+
+class _Int8Forward(_Int8Buffers):
+    """What the int8 LSTM and GRU stacks' forwards share."""
+
+    def _fused_weight_dtype(self):
+        return torch.float32
+
+
 class Int8LSTMForward(_Int8Forward, LSTMForward):
     """torch.nn.LSTM.forward's contract (LSTMForward) on the int8 op."""
 
@@ -178,10 +197,7 @@ class Int8LSTMForward(_Int8Forward, LSTMForward):
         _check_inference(self, (x, h0, c0))
         if autocast:
             x, h0, c0 = x.float(), h0.float(), c0.float()
-        if not torch.compiler.is_compiling() and functional._below_autograd(False):
-            with torch._C._AutoDispatchBelowAutograd():
-                return self._int8_layers(x, h0, c0, batch_sizes)
-        return self._int8_layers(x, h0, c0, batch_sizes)
+        return _below_autograd_if_possible(lambda: self._int8_layers(x, h0, c0, batch_sizes))
 
     def _int8_layers(self, x, h0, c0, batch_sizes):
         layers = self._q8_layers()
@@ -208,10 +224,7 @@ class Int8GRUForward(_Int8Forward, GRUForward):
         if not torch._C._is_any_autocast_enabled() and hx.dtype != torch.float32:
             raise RuntimeError(f"lstm_fused: the int8 GRU takes a float32 hx, as its input; got {hx.dtype}")
         x, hx = x.float(), hx.float()
-        if not torch.compiler.is_compiling() and functional._below_autograd(False):
-            with torch._C._AutoDispatchBelowAutograd():
-                return self._int8_layers(x, hx, batch_sizes)
-        return self._int8_layers(x, hx, batch_sizes)
+        return _below_autograd_if_possible(lambda: self._int8_layers(x, hx, batch_sizes))
 
     def _int8_layers(self, x, hx, batch_sizes):
         layers = self._q8_layers()
@@ -289,6 +302,106 @@ class QuantizedGRU(Int8GRUForward, _Int8RNN):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
 
 
+class _Int8CellForward(_Int8Buffers):
+    """A cell's step on the int8 op: one layer and direction with T = 1."""
+
+    def _int8_step(self, x, h, c):
+        """x [B, I], h [B, H] (and c [B, H] for an LSTM cell): h' (and c')."""
+        _check_inference(self, (x, h) if c is None else (x, h, c))
+        w_ih, w_hh, _, bias, bias_hn = self._q8_layers()[0]
+
+        def step():
+            _, h_n, c_n = ops.call_q8_forward_layer(x.unsqueeze(0), w_ih, w_hh, [], bias, bias_hn, h.unsqueeze(0),
+                                                    None if c is None else c.unsqueeze(0), None)
+            return h_n[0], None if c is None else c_n[0]
+
+        return _below_autograd_if_possible(step)
+
+
+class Int8LSTMCellForward(_Int8CellForward):
+    """torch.nn.LSTMCell.forward's contract (lstm_fused.LSTMCell's checks) on the int8 op."""
+
+    def forward(self, input, hx=None):
+        dim = input.dim()
+        if dim not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {dim}D instead")
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)):
+                raise TypeError(f"lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, "
+                                f"not {type(hx).__name__}")
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+        batched = dim == 2
+        x = input if batched else input.unsqueeze(0)
+        if hx is None:
+            h = c = x.new_zeros(x.shape[0], self.hidden_size)
+        else:
+            h, c = (hx[0], hx[1]) if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        _check_step(x, (h, c), self.input_size, self.hidden_size, torch.float32)
+        h, c = self._int8_step(x, h, c)
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
+
+
+class Int8GRUCellForward(_Int8CellForward):
+    """torch.nn.GRUCell.forward's contract on the int8 op."""
+
+    _Q8_GRU = True
+
+    def forward(self, input, hx=None):
+        dim = input.dim()
+        if dim not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {dim}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        batched = dim == 2
+        x = input if batched else input.unsqueeze(0)
+        if hx is None:
+            h = x.new_zeros(x.shape[0], self.hidden_size)
+        else:
+            h = hx if batched else hx.unsqueeze(0)
+        _check_step(x, (h,), self.input_size, self.hidden_size, torch.float32)
+        h, _ = self._int8_step(x, h, None)
+        return h if batched else h.squeeze(0)
+
+
+class _Int8Cell(nn.Module):
+    """The int8 cells' constructor: torch.nn.LSTMCell's / GRUCell's arguments, zero int8 buffers
+    (from_float or load_state_dict fill them), eval mode."""
+
+    _GRU = False
+
+    def __init__(self, input_size, hidden_size, bias=True):
+        super().__init__()
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        _empty_quantized(self, self._GRU)
+        self.eval()
+
+    @classmethod
+    def from_float(cls, cell):
+        """The int8 cell of a float torch.nn.LSTMCell / GRUCell (or lstm_fused's), in eval mode,
+        with the cell's forward hooks."""
+        q = cls(cell.input_size, cell.hidden_size, cell.bias)
+        _store_quantized(q, cell, cls._GRU)
+        for key in _HOOK_DICTS:
+            if key in cell.__dict__:
+                q.__dict__[key] = cell.__dict__[key]
+        return q
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False") + ", dtype=torch.qint8"
+
+
+class QuantizedLSTMCell(Int8LSTMCellForward, _Int8Cell):
+    """An int8 torch.nn.LSTMCell for inference: its forward contract, one q8_forward call a step."""
+
+
+class QuantizedGRUCell(Int8GRUCellForward, _Int8Cell):
+    """An int8 torch.nn.GRUCell for inference."""
+
+    _GRU = True
+
+
 class QuantizedLSTMMixin(Int8LSTMForward, nn.LSTM):
     """What quantize_dynamic puts under a subclass of torch.nn.LSTM: the int8 forward, ahead of
     torch.nn.LSTM's in the method order (the float parameters stay, for the subclass's code)."""
@@ -298,19 +411,44 @@ class QuantizedGRUMixin(Int8GRUForward, nn.GRU):
     """What quantize_dynamic puts under a subclass of torch.nn.GRU."""
 
 
-_QUANTIZED = (QuantizedLSTM, QuantizedGRU, QuantizedLSTMMixin, QuantizedGRUMixin)
-_KINDS = {nn.LSTM: "LSTM", LSTM: "LSTM", nn.GRU: "GRU", GRU: "GRU"}
+class QuantizedLSTMCellMixin(Int8LSTMCellForward, nn.LSTMCell):
+    """What quantize_dynamic puts under a subclass of torch.nn.LSTMCell."""
+
+
+class QuantizedGRUCellMixin(Int8GRUCellForward, nn.GRUCell):
+    """What quantize_dynamic puts under a subclass of torch.nn.GRUCell."""
+
+
+class _FusedLSTMCellInt8(Int8LSTMCellForward, LSTMCell):
+    """Under a subclass of lstm_fused.LSTMCell: the int8 forward ahead of lstm_fused's."""
+
+
+class _FusedGRUCellInt8(Int8GRUCellForward, GRUCell):
+    """Under a subclass of lstm_fused.GRUCell: the int8 forward ahead of lstm_fused's."""
+
+
+# Which int8 class or mixin each kind of module gets: the first entry it is an instance (or a
+# subclass) of (lstm_fused's cells before torch's, which they derive from).
+_PLAIN = {nn.LSTM: QuantizedLSTM, LSTM: QuantizedLSTM, nn.GRU: QuantizedGRU, GRU: QuantizedGRU,
+          nn.LSTMCell: QuantizedLSTMCell, LSTMCell: QuantizedLSTMCell, nn.GRUCell: QuantizedGRUCell,
+          GRUCell: QuantizedGRUCell}
+_MIXINS = ((LSTMCell, _FusedLSTMCellInt8), (GRUCell, _FusedGRUCellInt8), (nn.LSTMCell, QuantizedLSTMCellMixin),
+           (nn.GRUCell, QuantizedGRUCellMixin), (LSTM, Int8LSTMForward), (GRU, Int8GRUForward),
+           (nn.LSTM, QuantizedLSTMMixin), (nn.GRU, QuantizedGRUMixin))
+_KINDS = {nn.LSTM: "LSTM", LSTM: "LSTM", nn.GRU: "GRU", GRU: "GRU", nn.LSTMCell: "LSTMCell", LSTMCell: "LSTMCell",
+          nn.GRUCell: "GRUCell", GRUCell: "GRUCell"}
 
 
 def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False):
-    """Swaps every LSTM and GRU inside ``model`` (or ``model`` itself) for an int8 module for
+    """Swaps every LSTM, GRU and cell inside ``model`` (or ``model`` itself) for an int8 module for
     inference, as torch.ao.quantization.quantize_dynamic does for its modules.
 
-    qconfig_spec: the kinds to quantize, a set (or dict keys) of torch.nn.LSTM / torch.nn.GRU (or
-    lstm_fused.LSTM / GRU, the same kinds); by default both. dtype: torch.qint8, the only one.
+    qconfig_spec: the kinds to quantize, a set (or dict keys) of torch.nn.LSTM, GRU, LSTMCell and
+    GRUCell (or lstm_fused's, the same kinds); by default all four. dtype: torch.qint8, the only one.
     inplace: whether ``model`` itself is changed; by default a deep copy is.
 
-    Plain modules become QuantizedLSTM / QuantizedGRU; a subclass instance keeps its class, methods
+    Plain modules become QuantizedLSTM, QuantizedGRU, QuantizedLSTMCell or QuantizedGRUCell; a
+    subclass instance keeps its class, methods
     and float parameters, and gets an int8 forward (as convert() gives it a fused one). The int8
     modules are put in eval mode; nothing else in the model is. Returns the model.
     """
@@ -319,7 +457,7 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
     spec = set(qconfig_spec) if qconfig_spec is not None else set(_KINDS)
     unknown = [t for t in spec if t not in _KINDS]
     if unknown:
-        raise ValueError(f"lstm_fused.quantize_dynamic quantizes LSTM and GRU layers, not {unknown}; "
+        raise ValueError(f"lstm_fused.quantize_dynamic quantizes LSTMs, GRUs and their cells, not {unknown}; "
                          "torch.ao.quantization.quantize_dynamic quantizes torch.nn.Linear")
     kinds = {_KINDS[t] for t in spec}
     if not inplace:
@@ -328,21 +466,21 @@ def quantize_dynamic(model, qconfig_spec=None, dtype=torch.qint8, inplace=False)
 
 
 def _quantize_one(m, kinds):
-    """The int8 module for m, or None where m is no LSTM or GRU of the kinds asked for."""
-    if isinstance(m, _QUANTIZED):
+    """The int8 module for m, or None where m is no LSTM, GRU or cell of the kinds asked for."""
+    if isinstance(m, _Int8Buffers):
         return m
-    kind = "LSTM" if isinstance(m, (nn.LSTM, LSTM)) else "GRU" if isinstance(m, (nn.GRU, GRU)) else None
+    kind = next((k for t, k in _KINDS.items() if isinstance(m, t)), None)
     if kind is None or kind not in kinds:
         return None
     cls = type(m)
-    if cls in _KINDS:
-        return (QuantizedGRU if kind == "GRU" else QuantizedLSTM).from_float(m)
+    if cls in _PLAIN:
+        return _PLAIN[cls].from_float(m)
     original = cls.__dict__.get("_lstm_fused_original", cls)  # a converted subclass: its own class
     if issubclass(original, (nn.LSTM, nn.GRU)):
         _route_direct_calls(nn.GRU if kind == "GRU" else nn.LSTM)
     m.__class__ = _quantized_class(original)
     m.__dict__.pop("_weight_names", None)
-    _store_quantized(m, m, kind == "GRU")
+    _store_quantized(m, m, kind in ("GRU", "GRUCell"))
     m.eval()
     for name, child in m.named_children():
         setattr(m, name, _swap(child, functools.partial(_quantize_one, kinds=kinds)))
@@ -351,14 +489,11 @@ def _quantize_one(m, kinds):
 
 @functools.lru_cache(maxsize=None)
 def _quantized_class(original):
-    """The class quantize_dynamic gives an instance of ``original`` (a subclass of torch.nn.LSTM or
-    GRU, or of lstm_fused's): one per original class, named as it is. Under a subclass of
-    lstm_fused's module the int8 forward alone is the mixin: torch's RNNBase would bring its flat
-    weights, which lstm_fused's modules do not have."""
-    if issubclass(original, (LSTM, GRU)):
-        mixin = Int8GRUForward if issubclass(original, GRU) else Int8LSTMForward
-    else:
-        mixin = QuantizedGRUMixin if issubclass(original, nn.GRU) else QuantizedLSTMMixin
+    """The class quantize_dynamic gives an instance of ``original`` (a subclass of one of torch's or
+    lstm_fused's LSTMs, GRUs or cells): one per original class, named as it is. Under a subclass of
+    lstm_fused's stack the int8 forward alone is the mixin: torch's RNNBase would bring flat
+    weights, which lstm_fused's stacks do not have."""
+    mixin = next(mix for base, mix in _MIXINS if issubclass(original, base))
     return derived_class(original, mixin, _lstm_fused_int8_original=original, __reduce_ex__=_reduce_quantized)
 
 
@@ -408,7 +543,7 @@ def int8_reference(module, input, hx=None):
     G = 3 if gru else 4
     H = module.hidden_size
     P = getattr(module, "proj_size", 0) or H
-    D = 2 if module.bidirectional else 1
+    D = 2 if getattr(module, "bidirectional", False) else 1
     x = input.transpose(0, 1) if module.batch_first else input
     T, B, _ = x.shape
     if hx is None:

@@ -22,7 +22,7 @@ from torch.nn.utils import rnn
 import lstm_fused
 from lstm_fused import ops
 from lstm_fused import quantized as qz
-from test_convert import ForecastGRU, ForecastLSTM, DirectLSTM
+from test_convert import DirectLSTM, ForecastGRU, ForecastLSTM, ScaledLSTMCell
 from utils import OpCounter, num_threads, roundtrip
 
 
@@ -444,3 +444,105 @@ def test_convert_leaves_int8_modules_alone():
     x = torch.randn(2, 5, 4)
     with torch.no_grad():
         assert torch.equal(again[0](x)[0], q[0](x)[0])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bias,state", [(True, True), (False, False)])
+def test_cells_are_one_step_of_the_int8_stack(cell, bias, state):
+    torch.manual_seed(0)
+    torch_cell, stack_cls = (nn.LSTMCell, nn.LSTM) if cell == "lstm" else (nn.GRUCell, nn.GRU)
+    c = torch_cell(5, 19, bias=bias)
+    q = lstm_fused.quantize_dynamic(c)
+    assert type(q) is (qz.QuantizedLSTMCell if cell == "lstm" else qz.QuantizedGRUCell) and not q.training
+    stack = stack_cls(5, 19, bias=bias)
+    stack.load_state_dict({k + "_l0": v for k, v in c.state_dict().items()})
+    qs = lstm_fused.quantize_dynamic(stack)
+    x = torch.randn(7, 5)
+    hx = ((torch.randn(7, 19), torch.randn(7, 19)) if cell == "lstm" else torch.randn(7, 19)) if state else None
+    as_list = (lambda out: list(out)) if cell == "lstm" else (lambda out: [out])
+    with torch.no_grad():
+        # The step is the stack's with T = 1 (the same op call), bit for bit.
+        stack_hx = None if hx is None else tuple(s[None] for s in hx) if cell == "lstm" else hx[None]
+        want = [s[0] for s in as_list(qs(x[None], stack_hx)[1])]
+        got = as_list(q(x, hx))
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+        # Unbatched input: a row alone (rows are quantized on their own).
+        one = None if hx is None else tuple(s[0] for s in hx) if cell == "lstm" else hx[0]
+        assert all(torch.equal(g, w[0]) for g, w in zip(as_list(q(x[0], one)), want))
+        fresh = (qz.QuantizedLSTMCell if cell == "lstm" else qz.QuantizedGRUCell)(5, 19, bias=bias)
+        fresh.load_state_dict(q.state_dict())
+        assert all(torch.equal(g, w) for g, w in zip(as_list(fresh(x, hx)), want))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cell_errors_are_torchs(cell):
+    torch.manual_seed(0)
+    ref = nn.LSTMCell(4, 6) if cell == "lstm" else nn.GRUCell(4, 6)
+    q = lstm_fused.quantize_dynamic(ref)
+    state = (lambda b, h: (torch.zeros(b, h), torch.zeros(b, h))) if cell == "lstm" else (lambda b, h: torch.zeros(b, h))
+    bad = [(torch.randn(3, 5),), (torch.randn(3, 4), state(2, 6)), (torch.randn(3, 4), state(3, 7)),
+           (torch.randn(3, 4).double(),), (torch.randn(2, 3, 4),)]
+    for args in bad:
+        with pytest.raises(Exception) as theirs:
+            ref(*args)
+        with pytest.raises(type(theirs.value)) as ours:
+            q(*args)
+        assert str(ours.value) == str(theirs.value)
+    with pytest.raises(RuntimeError, match="training mode"):
+        q.train()(torch.randn(3, 4))
+
+
+class Decoder(nn.Module):
+    """A greedy decoder: a subclass of torch's LSTMCell, lstm_fused's GRUCell, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = ScaledLSTMCell(4, 8)
+        self.gru = lstm_fused.GRUCell(8, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x, steps=5):
+        h = c = torch.zeros(x.shape[0], 8)
+        g = torch.zeros(x.shape[0], 8)
+        outs = []
+        for _ in range(steps):
+            h, c = self.cell(x, (h, c))
+            g = self.gru(h, g)
+            x = self.head(g)
+            outs.append(x)
+        return torch.stack(outs)
+
+
+def test_decoder_cells_in_a_model_and_subclasses():
+    torch.manual_seed(0)
+    model = Decoder().eval()
+    q = lstm_fused.quantize_dynamic(model)
+    assert isinstance(q.cell, ScaledLSTMCell) and isinstance(q.cell, qz.QuantizedLSTMCellMixin)
+    assert type(q.gru) is qz.QuantizedGRUCell
+    x = torch.randn(3, 4)
+    with torch.no_grad(), OpCounter() as counter:
+        y = q(x)
+    assert counter.count("lstm_fused::q8_forward") == 10 and not counter.count("lstm_fused::forward")
+    with torch.no_grad():
+        want = model(x)
+        assert ((y - want).abs().max() / want.abs().max()) < 3e-2
+        assert torch.equal(roundtrip("torch.save", q)(x), y)
+        assert torch.equal(lstm_fused.convert(q)(x), y)
+
+
+class MyFusedLSTMCell(lstm_fused.LSTMCell):
+    def forward(self, x, hx=None):
+        h, c = super().forward(x, hx)
+        return 2 * h, c
+
+
+def test_subclass_of_lstm_fused_cell_runs_int8():
+    torch.manual_seed(0)
+    m = MyFusedLSTMCell(4, 8)
+    plain = nn.LSTMCell(4, 8)
+    plain.load_state_dict(m.state_dict())
+    q = lstm_fused.quantize_dynamic(m)
+    assert isinstance(q, MyFusedLSTMCell)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        assert torch.equal(q(x)[0], 2 * lstm_fused.quantize_dynamic(plain)(x)[0])
