@@ -17,24 +17,8 @@ class LSTMCell(nn.LSTMCell):
     """A drop-in torch.nn.LSTMCell whose step runs lstm_fused's fused kernel (a layer with T = 1)."""
 
     def forward(self, input, hx=None):
-        dim = input.dim()
-        if dim not in (1, 2):
-            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {dim}D instead")
-        if hx is not None:
-            for idx, value in enumerate(hx):
-                if value.dim() not in (1, 2):
-                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
-        batched = dim == 2
-        if not batched:
-            input = input.unsqueeze(0)
+        input, h, c, batched = lstm_step_args(input, hx, self.hidden_size)
         H = self.hidden_size
-        if hx is None:
-            h = c = input.new_zeros(input.shape[0], H)
-        else:
-            if not isinstance(hx, (tuple, list)):
-                raise TypeError(f"lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, "
-                                f"not {type(hx).__name__}")
-            h, c = (hx[0], hx[1]) if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
         w_ih, w_hh = self.weight_ih, self.weight_hh
         b_ih, b_hh = self.bias_ih, self.bias_hh
         if (torch.is_autocast_enabled("cpu") and not input.is_cuda
@@ -56,6 +40,47 @@ class LSTMCell(nn.LSTMCell):
         if not batched:
             return h.squeeze(0), c.squeeze(0)
         return h, c
+
+
+def lstm_step_args(input, hx, hidden_size):
+    """torch.nn.LSTMCell.forward's argument checks, with its messages: (input [B, I], h, c, whether
+    the input was batched), zero states where hx is None."""
+    dim = input.dim()
+    if dim not in (1, 2):
+        raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {dim}D instead")
+    if hx is not None:
+        for idx, value in enumerate(hx):
+            if value.dim() not in (1, 2):
+                raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+    batched = dim == 2
+    if not batched:
+        input = input.unsqueeze(0)
+    if hx is None:
+        h = c = input.new_zeros(input.shape[0], hidden_size)
+    else:
+        if not isinstance(hx, (tuple, list)):
+            raise TypeError(f"lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, "
+                            f"not {type(hx).__name__}")
+        h, c = (hx[0], hx[1]) if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+    return input, h, c, batched
+
+
+def gru_step_args(input, hx, hidden_size):
+    """torch.nn.GRUCell.forward's argument checks, with its messages: (input [B, I], h, whether the
+    input was batched), a zero state where hx is None."""
+    dim = input.dim()
+    if dim not in (1, 2):
+        raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {dim}D instead")
+    if hx is not None and hx.dim() not in (1, 2):
+        raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+    batched = dim == 2
+    if not batched:
+        input = input.unsqueeze(0)
+    if hx is None:
+        h = input.new_zeros(input.shape[0], hidden_size)
+    else:
+        h = hx if batched else hx.unsqueeze(0)
+    return input, h, batched
 
 
 def _check_step(input, states, input_size, hidden_size, w_dtype):
@@ -88,18 +113,7 @@ class GRUCell(nn.GRUCell):
     """A drop-in torch.nn.GRUCell whose step runs lstm_fused's fused kernel (a layer with T = 1)."""
 
     def forward(self, input, hx=None):
-        dim = input.dim()
-        if dim not in (1, 2):
-            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {dim}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        batched = dim == 2
-        if not batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            h = input.new_zeros(input.shape[0], self.hidden_size)
-        else:
-            h = hx if batched else hx.unsqueeze(0)
+        input, h, batched = gru_step_args(input, hx, self.hidden_size)
         w_ih, w_hh = self.weight_ih, self.weight_hh
         b_ih, b_hh = self.bias_ih, self.bias_hh
         shape = input.shape

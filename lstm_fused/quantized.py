@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import functional, ops
-from .cells import GRUCell, LSTMCell, _check_step
+from .cells import GRUCell, LSTMCell, _check_step, gru_step_args, lstm_step_args
 from .convert import _HOOK_DICTS, _route_direct_calls, _swap, derived_class
 from .modules import GRU, LSTM, GRUForward, LSTMForward, _check_constructor_args
 
@@ -129,6 +129,14 @@ def _empty_quantized(module, gru):
             module.register_buffer(bias, torch.zeros(_blocks(H) * G * _BLOCK))
         if bias_hn:
             module.register_buffer(bias_hn, torch.zeros(_blocks(H) * _BLOCK))
+
+
+def _with_hooks(q, module):
+    """q with module's hooks (as convert keeps them when it rebuilds a module)."""
+    for key in _HOOK_DICTS:
+        if key in module.__dict__:
+            q.__dict__[key] = module.__dict__[key]
+    return q
 
 
 def _check_inference(module, tensors):
@@ -267,10 +275,7 @@ class _Int8RNN(nn.Module):
         q = cls(module.input_size, module.hidden_size, module.num_layers, module.bias, module.batch_first,
                 module.dropout, module.bidirectional, **extra)
         _store_quantized(q, module, cls._GRU)
-        for key in _HOOK_DICTS:
-            if key in module.__dict__:
-                q.__dict__[key] = module.__dict__[key]
-        return q
+        return _with_hooks(q, module)
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
@@ -322,22 +327,7 @@ class Int8LSTMCellForward(_Int8CellForward):
     """torch.nn.LSTMCell.forward's contract (lstm_fused.LSTMCell's checks) on the int8 op."""
 
     def forward(self, input, hx=None):
-        dim = input.dim()
-        if dim not in (1, 2):
-            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {dim}D instead")
-        if hx is not None:
-            if not isinstance(hx, (tuple, list)):
-                raise TypeError(f"lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, "
-                                f"not {type(hx).__name__}")
-            for idx, value in enumerate(hx):
-                if value.dim() not in (1, 2):
-                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
-        batched = dim == 2
-        x = input if batched else input.unsqueeze(0)
-        if hx is None:
-            h = c = x.new_zeros(x.shape[0], self.hidden_size)
-        else:
-            h, c = (hx[0], hx[1]) if batched else (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        x, h, c, batched = lstm_step_args(input, hx, self.hidden_size)
         _check_step(x, (h, c), self.input_size, self.hidden_size, torch.float32)
         h, c = self._int8_step(x, h, c)
         return (h, c) if batched else (h.squeeze(0), c.squeeze(0))
@@ -349,17 +339,7 @@ class Int8GRUCellForward(_Int8CellForward):
     _Q8_GRU = True
 
     def forward(self, input, hx=None):
-        dim = input.dim()
-        if dim not in (1, 2):
-            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {dim}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        batched = dim == 2
-        x = input if batched else input.unsqueeze(0)
-        if hx is None:
-            h = x.new_zeros(x.shape[0], self.hidden_size)
-        else:
-            h = hx if batched else hx.unsqueeze(0)
+        x, h, batched = gru_step_args(input, hx, self.hidden_size)
         _check_step(x, (h,), self.input_size, self.hidden_size, torch.float32)
         h, _ = self._int8_step(x, h, None)
         return h if batched else h.squeeze(0)
@@ -383,10 +363,7 @@ class _Int8Cell(nn.Module):
         with the cell's forward hooks."""
         q = cls(cell.input_size, cell.hidden_size, cell.bias)
         _store_quantized(q, cell, cls._GRU)
-        for key in _HOOK_DICTS:
-            if key in cell.__dict__:
-                q.__dict__[key] = cell.__dict__[key]
-        return q
+        return _with_hooks(q, cell)
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False") + ", dtype=torch.qint8"
